@@ -1,0 +1,17 @@
+"""convnext_np: a NumPy reference implementation of ConvNeXt (Liu et al. 2022).
+
+The forward pass reads top-down in :mod:`convnext_np.model`; every op's NumPy reference is in
+:mod:`convnext_np.ops`; official weights load through :func:`from_pretrained`.
+"""
+
+from .checkpoints import CHECKPOINTS, Checkpoint
+from .config import VARIANTS, ConvNextConfig
+from .errors import ConvNextError, ImageError, WeightsError
+from .model import ConvNeXt, ConvNextOutput
+from .loading import from_pretrained
+
+__all__ = [
+    "CHECKPOINTS", "Checkpoint", "ConvNeXt", "ConvNextConfig", "ConvNextError", "ConvNextOutput",
+    "ImageError", "VARIANTS", "WeightsError", "from_pretrained",
+]
+__version__ = "0.1.0"

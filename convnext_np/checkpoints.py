@@ -1,0 +1,74 @@
+"""The published ConvNeXt checkpoints, one row each (reference spec B and D.2).
+
+``hf_id`` is the ``facebook/`` repo on the Hugging Face hub (None where Meta published none),
+``timm`` the timm name (hub repo ``timm/<name>``), ``fb`` the original facebookresearch file
+stem (``https://dl.fbaipublicfiles.com/convnext/<fb>.pth``). ``crop_pct`` None means the image
+is warped to a square with no crop, as all ports do at 384 (spec D.1, D.2). ``labels`` names
+the label set: ``imagenet-1k`` (1000 classes) or ``imagenet-22k`` (21841 classes).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    alias: str
+    variant: str
+    hf_id: str | None
+    timm: str | None
+    fb: str | None
+    image_size: int
+    crop_pct: float | None
+    labels: str
+    sha256: str | None = None  # of the safetensors file, where one has been pinned
+
+    @property
+    def num_labels(self) -> int:
+        return 21841 if self.labels == "imagenet-22k" else 1000
+
+
+_1K, _22K = "imagenet-1k", "imagenet-22k"
+
+CHECKPOINTS = (
+    # ImageNet-1k, trained at 224 (EMA weights) or fine-tuned at 384.
+    Checkpoint("convnext-tiny-224", "tiny", "facebook/convnext-tiny-224", "convnext_tiny.fb_in1k", "convnext_tiny_1k_224_ema", 224, 0.875, _1K),
+    Checkpoint("convnext-small-224", "small", "facebook/convnext-small-224", "convnext_small.fb_in1k", "convnext_small_1k_224_ema", 224, 0.875, _1K),
+    Checkpoint("convnext-base-224", "base", "facebook/convnext-base-224", "convnext_base.fb_in1k", "convnext_base_1k_224_ema", 224, 0.875, _1K),
+    Checkpoint("convnext-large-224", "large", "facebook/convnext-large-224", "convnext_large.fb_in1k", "convnext_large_1k_224_ema", 224, 0.875, _1K),
+    Checkpoint("convnext-base-384", "base", "facebook/convnext-base-384", None, "convnext_base_1k_384", 384, None, _1K),
+    Checkpoint("convnext-large-384", "large", "facebook/convnext-large-384", None, "convnext_large_1k_384", 384, None, _1K),
+    # ImageNet-22k (21841 classes).
+    Checkpoint("convnext-tiny-224-22k", "tiny", None, "convnext_tiny.fb_in22k", "convnext_tiny_22k_224", 224, 0.875, _22K),
+    Checkpoint("convnext-small-224-22k", "small", None, "convnext_small.fb_in22k", "convnext_small_22k_224", 224, 0.875, _22K),
+    Checkpoint("convnext-base-224-22k", "base", "facebook/convnext-base-224-22k", "convnext_base.fb_in22k", "convnext_base_22k_224", 224, 0.875, _22K),
+    Checkpoint("convnext-large-224-22k", "large", "facebook/convnext-large-224-22k", "convnext_large.fb_in22k", "convnext_large_22k_224", 224, 0.875, _22K),
+    Checkpoint("convnext-xlarge-224-22k", "xlarge", "facebook/convnext-xlarge-224-22k", "convnext_xlarge.fb_in22k", "convnext_xlarge_22k_224", 224, 0.875, _22K),
+    # ImageNet-22k pre-trained, fine-tuned on ImageNet-1k at 224 and 384.
+    Checkpoint("convnext-tiny-224-22k-1k", "tiny", None, "convnext_tiny.fb_in22k_ft_in1k", "convnext_tiny_22k_1k_224", 224, 0.875, _1K),
+    Checkpoint("convnext-small-224-22k-1k", "small", None, "convnext_small.fb_in22k_ft_in1k", "convnext_small_22k_1k_224", 224, 0.875, _1K),
+    Checkpoint("convnext-base-224-22k-1k", "base", "facebook/convnext-base-224-22k-1k", "convnext_base.fb_in22k_ft_in1k", "convnext_base_22k_1k_224", 224, 0.875, _1K),
+    Checkpoint("convnext-large-224-22k-1k", "large", "facebook/convnext-large-224-22k-1k", "convnext_large.fb_in22k_ft_in1k", "convnext_large_22k_1k_224", 224, 0.875, _1K),
+    Checkpoint("convnext-xlarge-224-22k-1k", "xlarge", "facebook/convnext-xlarge-224-22k-1k", "convnext_xlarge.fb_in22k_ft_in1k", "convnext_xlarge_22k_1k_224_ema", 224, 0.875, _1K),
+    Checkpoint("convnext-tiny-384-22k-1k", "tiny", None, "convnext_tiny.fb_in22k_ft_in1k_384", "convnext_tiny_22k_1k_384", 384, None, _1K),
+    Checkpoint("convnext-small-384-22k-1k", "small", None, "convnext_small.fb_in22k_ft_in1k_384", "convnext_small_22k_1k_384", 384, None, _1K),
+    Checkpoint("convnext-base-384-22k-1k", "base", "facebook/convnext-base-384-22k-1k", "convnext_base.fb_in22k_ft_in1k_384", "convnext_base_22k_1k_384", 384, None, _1K),
+    Checkpoint("convnext-large-384-22k-1k", "large", "facebook/convnext-large-384-22k-1k", "convnext_large.fb_in22k_ft_in1k_384", "convnext_large_22k_1k_384", 384, None, _1K),
+    Checkpoint("convnext-xlarge-384-22k-1k", "xlarge", "facebook/convnext-xlarge-384-22k-1k", "convnext_xlarge.fb_in22k_ft_in1k_384", "convnext_xlarge_22k_1k_384_ema", 384, None, _1K),
+    # timm originals (conv-MLP variants), ImageNet-1k.
+    Checkpoint("convnext-atto", "atto", None, "convnext_atto.d2_in1k", None, 224, 0.875, _1K),
+    Checkpoint("convnext-femto", "femto", None, "convnext_femto.d1_in1k", None, 224, 0.875, _1K),
+    Checkpoint("convnext-pico", "pico", None, "convnext_pico.d1_in1k", None, 224, 0.875, _1K),
+    Checkpoint("convnext-nano", "nano", None, "convnext_nano.d1h_in1k", None, 224, 0.95, _1K),
+    Checkpoint("convnext-nano-12k-1k", "nano", None, "convnext_nano.in12k_ft_in1k", None, 224, 0.95, _1K),
+)
+
+
+def find_checkpoint(name: str) -> Checkpoint | None:
+    """The row whose alias, HF id or timm name (with or without ``timm/``) is ``name``."""
+    bare = name.removeprefix("timm/")
+    for row in CHECKPOINTS:
+        if name in (row.alias, row.hf_id) or bare == row.timm:
+            return row
+    return None

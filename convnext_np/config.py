@@ -1,0 +1,155 @@
+"""Model configuration, with Hugging Face ``config.json`` field names, and the variant table.
+
+The fields are those of transformers' ``ConvNextConfig``; a ``config.json`` read from disk keeps
+every key it had (unknown ones in :attr:`ConvNextConfig.extra`) so that writing it back loses
+nothing. One field is ours: ``norm_eps``, the eps of every LayerNorm except the final one, which
+the paper's code fixes at 1e-6 and timm's ``convnext_xxlarge`` sets to 1e-5 (reference spec A.4).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+
+from .errors import WeightsError
+
+# name: (depths, hidden_sizes, conv_mlp, norm_eps). Paper Table 9 and timm's convnext.py; the
+# timm originals (atto .. nano) store the pointwise MLP as 1x1 convs (conv_mlp=True).
+VARIANTS = {
+    "atto": ((2, 2, 6, 2), (40, 80, 160, 320), True, 1e-6),
+    "femto": ((2, 2, 6, 2), (48, 96, 192, 384), True, 1e-6),
+    "pico": ((2, 2, 6, 2), (64, 128, 256, 512), True, 1e-6),
+    "nano": ((2, 2, 8, 2), (80, 160, 320, 640), True, 1e-6),
+    "tiny": ((3, 3, 9, 3), (96, 192, 384, 768), False, 1e-6),
+    "small": ((3, 3, 27, 3), (96, 192, 384, 768), False, 1e-6),
+    "base": ((3, 3, 27, 3), (128, 256, 512, 1024), False, 1e-6),
+    "large": ((3, 3, 27, 3), (192, 384, 768, 1536), False, 1e-6),
+    "xlarge": ((3, 3, 27, 3), (256, 512, 1024, 2048), False, 1e-6),
+    "xxlarge": ((3, 4, 30, 3), (384, 768, 1536, 3072), False, 1e-5),
+}
+
+
+@dataclass
+class ConvNextConfig:
+    """Architecture and labels of one ConvNeXt, as in a Hugging Face ``config.json``.
+
+    ``layer_norm_eps`` is the eps of the final (pooled) LayerNorm only: transformers' default and
+    the hub configs carry 1e-12, timm and the paper's code use 1e-6 (reference spec A.4).
+    """
+
+    num_channels: int = 3
+    patch_size: int = 4
+    num_stages: int = 4
+    hidden_sizes: list = field(default_factory=lambda: [96, 192, 384, 768])
+    depths: list = field(default_factory=lambda: [3, 3, 9, 3])
+    hidden_act: str = "gelu"
+    initializer_range: float = 0.02
+    layer_norm_eps: float = 1e-12
+    layer_scale_init_value: float = 1e-6
+    drop_path_rate: float = 0.0
+    image_size: int = 224
+    norm_eps: float = 1e-6
+    id2label: dict = field(default_factory=dict)
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        self.hidden_sizes = [int(c) for c in self.hidden_sizes]
+        self.depths = [int(d) for d in self.depths]
+        self.id2label = {int(k): str(v) for k, v in self.id2label.items()}
+        self.validate()
+
+    @property
+    def num_labels(self) -> int:
+        """Number of classes; 0 for a model without a classification head."""
+        return len(self.id2label)
+
+    @property
+    def label2id(self) -> dict:
+        return {label: i for i, label in self.id2label.items()}
+
+    @classmethod
+    def from_variant(cls, name: str, num_labels: int = 1000, **overrides) -> "ConvNextConfig":
+        """Config of a named variant (``"tiny"``, ``"atto"``, ...) with generic labels."""
+        if name not in VARIANTS:
+            raise ValueError(f"unknown ConvNeXt variant {name!r}; known: {', '.join(VARIANTS)}")
+        depths, dims, _, norm_eps = VARIANTS[name]
+        overrides.setdefault("id2label", {i: f"LABEL_{i}" for i in range(num_labels)})
+        return cls(depths=list(depths), hidden_sizes=list(dims), norm_eps=norm_eps, **overrides)
+
+    def validate(self) -> None:
+        """Raise :class:`WeightsError` for a config no ConvNeXt can have."""
+        problems = []
+        if self.num_stages != 4 or len(self.depths) != 4 or len(self.hidden_sizes) != 4:
+            problems.append(f"needs 4 stages, got num_stages={self.num_stages}, "
+                            f"depths={self.depths}, hidden_sizes={self.hidden_sizes}")
+        if any(d < 1 for d in self.depths) or any(c < 1 for c in self.hidden_sizes):
+            problems.append(f"depths and hidden_sizes must be positive: {self.depths}, {self.hidden_sizes}")
+        if self.patch_size != 4 or self.num_channels != 3:
+            problems.append(f"only patch_size=4 and num_channels=3 are ConvNeXt, got "
+                            f"{self.patch_size} and {self.num_channels}")
+        if self.hidden_act != "gelu":
+            problems.append(f"hidden_act must be 'gelu' (exact erf GELU), got {self.hidden_act!r}")
+        if sorted(self.id2label) != list(range(len(self.id2label))):
+            problems.append("id2label keys must be 0..num_labels-1")
+        if problems:
+            raise WeightsError("invalid ConvNeXt config: " + "; ".join(problems))
+
+    def variant(self) -> str | None:
+        """The variant name whose depths and widths this config has, if any."""
+        for name, (depths, dims, _, _) in VARIANTS.items():
+            if tuple(self.depths) == depths and tuple(self.hidden_sizes) == dims:
+                return name
+        return None
+
+    # --- Hugging Face config.json -------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, d: dict) -> "ConvNextConfig":
+        d = dict(d)
+        known = {f.name for f in dataclasses.fields(cls)} - {"extra", "id2label"}
+        kwargs = {k: d.pop(k) for k in list(d) if k in known}
+        id2label = d.pop("id2label", None)
+        label2id = d.pop("label2id", None)
+        if id2label is None:
+            # transformers falls back to num_labels generic labels (default 2).
+            n = int(d.pop("num_labels", 2))
+            id2label = {i: f"LABEL_{i}" for i in range(n)}
+        else:
+            d.pop("num_labels", None)
+        del label2id  # derived from id2label
+        try:
+            return cls(id2label=id2label, extra=d, **kwargs)
+        except (TypeError, ValueError) as e:
+            if isinstance(e, WeightsError):
+                raise
+            raise WeightsError(f"invalid ConvNeXt config: {e}") from None
+
+    @classmethod
+    def from_json_file(cls, path: str | os.PathLike) -> "ConvNextConfig":
+        try:
+            with open(path, encoding="utf-8") as f:
+                d = json.load(f)
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise WeightsError(f"{path}: cannot read config: {e}") from None
+        if not isinstance(d, dict):
+            raise WeightsError(f"{path}: config must be a JSON object, got {type(d).__name__}")
+        try:
+            return cls.from_dict(d)
+        except WeightsError as e:
+            raise WeightsError(f"{path}: {e}") from None
+
+    def to_dict(self) -> dict:
+        d = dict(self.extra)
+        d.update({f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                  if f.name not in ("extra", "id2label")})
+        d["id2label"] = {str(i): label for i, label in self.id2label.items()}
+        d["label2id"] = self.label2id
+        d["model_type"] = "convnext"
+        d.setdefault("architectures", ["ConvNextForImageClassification"])
+        return dict(sorted(d.items()))
+
+    def to_json_file(self, path: str | os.PathLike) -> None:
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(self.to_dict(), f, indent=2, ensure_ascii=False)
+            f.write("\n")

@@ -1,0 +1,175 @@
+"""``from_pretrained`` and ``save_pretrained``: official weight files and directories.
+
+A local directory in Hugging Face layout (``config.json`` + ``model.safetensors``, a sharded
+``model.safetensors.index.json`` or ``pytorch_model.bin``), a timm directory (``config.json``
+with ``architecture`` + weights), or a bare weights file (``.safetensors``, ``.bin``,
+``.pth``/``.pt``) whose architecture is read off the tensors. Loading is strict and all-or-
+nothing: any problem raises :class:`WeightsError` before a model exists.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from safetensors.numpy import save_file
+
+from . import torch_pickle, weights
+from .config import ConvNextConfig
+from .errors import WeightsError
+from .model import ConvNeXt
+from .safetensors_file import SafetensorsFile
+
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json",
+                "pytorch_model.bin", "pytorch_model.bin.index.json")
+PICKLE_SUFFIXES = (".bin", ".pth", ".pt")
+
+
+def read_state_dict(path: Path) -> dict:
+    """name -> array for one weights file or a sharded index; arrays may be memory-mapped."""
+    name = path.name
+    if name.endswith(".index.json"):
+        return _read_sharded(path)
+    if name.endswith(".safetensors"):
+        f = SafetensorsFile(path)
+        return {k: f.tensor(k) for k in f.keys()}
+    if name.endswith(PICKLE_SUFFIXES):
+        obj = torch_pickle.load(path)
+        state_dict = weights.unwrap(obj, str(path))
+        bad = [k for k, v in state_dict.items() if not isinstance(v, np.ndarray)]
+        if bad:
+            raise WeightsError(f"{path}: entry {bad[0]!r} is a {type(state_dict[bad[0]]).__name__}, "
+                               "not a tensor")
+        return state_dict
+    raise WeightsError(f"{path}: unknown weights format; expected .safetensors, "
+                       f"{', '.join(PICKLE_SUFFIXES)} or a *.index.json")
+
+
+def _read_sharded(index_path: Path) -> dict:
+    try:
+        weight_map = json.loads(index_path.read_text(encoding="utf-8"))["weight_map"]
+        shards = sorted(set(weight_map.values()))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        raise WeightsError(f"{index_path}: not a valid shard index: {e!r}") from None
+    state_dict = {}
+    for shard in shards:
+        shard_path = index_path.parent / shard
+        if not shard_path.is_file():
+            raise WeightsError(f"{index_path}: shard {shard!r} is missing")
+        part = read_state_dict(shard_path)
+        for key in part:
+            if weight_map.get(key) != shard:
+                raise WeightsError(f"{shard_path}: tensor {key!r} is not listed for this shard "
+                                   f"in {index_path.name}")
+        state_dict.update(part)
+    absent = [k for k in weight_map if k not in state_dict]
+    if absent:
+        raise WeightsError(f"{index_path}: tensor {absent[0]!r} is listed but not in "
+                           f"shard {weight_map[absent[0]]!r}")
+    return state_dict
+
+
+def _find_weights(directory: Path) -> Path:
+    for name in WEIGHT_FILES:
+        if (directory / name).is_file():
+            return directory / name
+    raise WeightsError(f"{directory}: no weights found; expected one of {', '.join(WEIGHT_FILES)}")
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        d = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise WeightsError(f"{path}: cannot read config: {e}") from None
+    if not isinstance(d, dict):
+        raise WeightsError(f"{path}: config must be a JSON object")
+    return d
+
+
+def _config_from_tensors(arch: dict, scheme: str, labels=None) -> ConvNextConfig:
+    """A config for weights that came without an HF config.json (timm, facebookresearch, bare)."""
+    num_labels = arch["num_labels"]
+    if labels is None or len(labels) != num_labels:
+        labels = [f"LABEL_{i}" for i in range(num_labels)]
+    eps = weights.default_norm_eps(arch["hidden_sizes"])
+    # transformers' ConvNextConfig default final-LN eps is 1e-12; timm and FB use their norm eps.
+    head_eps = ConvNextConfig.layer_norm_eps if scheme == "hf" else eps
+    return ConvNextConfig(depths=arch["depths"], hidden_sizes=arch["hidden_sizes"], norm_eps=eps,
+                          layer_norm_eps=head_eps, id2label=dict(enumerate(labels)))
+
+
+def load_local(path: Path, *, backend: str = "auto") -> ConvNeXt:
+    """A model from a local directory or weights file (see the module docstring)."""
+    path = Path(path)
+    config_json = _read_json(path / "config.json") if (path / "config.json").is_file() else None
+    weights_path = _find_weights(path) if path.is_dir() else path
+    where = str(weights_path)
+    state_dict = read_state_dict(weights_path)
+    scheme = weights.detect_scheme(state_dict, where)
+    hf = weights.to_hf_names(state_dict, scheme, where)
+    arch = weights.infer_architecture(hf, where)
+
+    if config_json is not None and "architecture" in config_json:  # timm layout
+        if not str(config_json["architecture"]).startswith("convnext"):
+            raise WeightsError(f"{path / 'config.json'}: architecture "
+                               f"{config_json['architecture']!r} is not a ConvNeXt")
+        declared = config_json.get("num_classes", arch["num_labels"])
+        if declared != arch["num_labels"]:
+            raise WeightsError(f"{path / 'config.json'}: num_classes is {declared}, but the "
+                               f"head in {where} has {arch['num_labels']} classes")
+        config = _config_from_tensors(arch, scheme, config_json.get("label_names"))
+    elif config_json is not None:  # Hugging Face layout
+        model_type = config_json.get("model_type")
+        if model_type != "convnext":
+            what = "ConvNeXt V2, which convnext_np does not implement" if model_type == "convnextv2" \
+                else "not a ConvNeXt"
+            raise WeightsError(f"{path / 'config.json'}: model_type {model_type!r} is {what}")
+        config = ConvNextConfig.from_json_file(path / "config.json")
+        if arch["num_labels"] == 0:  # a ConvNextModel (no head): HF ignores num_labels then
+            config.id2label = {}
+        for field in ("depths", "hidden_sizes", "num_labels"):
+            if getattr(config, field) != arch[field]:
+                raise WeightsError(f"{path / 'config.json'}: {field} is {getattr(config, field)}, "
+                                   f"but the tensors in {where} have {arch[field]}")
+    else:  # a bare weights file
+        config = _config_from_tensors(arch, scheme)
+
+    params = weights.to_params(hf, config, where)
+    return ConvNeXt(config, params, backend=backend, source=str(path))
+
+
+def save_pretrained(model: ConvNeXt, directory) -> None:
+    """Write ``config.json`` and ``model.safetensors`` in Hugging Face layout, atomically each.
+
+    transformers' ``ConvNextForImageClassification.from_pretrained(directory)`` loads the result.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    tensors = weights.to_hf_tensors(model.params, model.config)
+
+    def write(name, writer):
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{name}.", suffix=".tmp")
+        os.close(fd)
+        try:
+            writer(tmp)
+            os.replace(tmp, directory / name)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+
+    write("model.safetensors", lambda p: save_file(tensors, p, metadata={"format": "pt"}))
+    write("config.json", model.config.to_json_file)
+
+
+def from_pretrained(source, *, revision: str = "main", cache_dir=None, backend: str = "auto") -> ConvNeXt:
+    """Load a ConvNeXt from a local directory or weights file (``shared/api.md``, "Models").
+
+    ``revision`` and ``cache_dir`` apply to hub names; a local path never touches the network.
+    """
+    path = Path(os.fspath(source)).expanduser()
+    if path.exists():
+        return load_local(path, backend=backend)
+    raise WeightsError(f"{source}: no such file or directory (hub names are not resolved yet)")

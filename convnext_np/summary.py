@@ -1,0 +1,37 @@
+"""Per-stage shapes, parameter counts and multiply-accumulates of a ConvNeXt (``convnext-np info``).
+
+MACs count the convolutions and Linear layers (what the paper's "FLOPs" column counts: 4.5G
+for ConvNeXt-T at 224); LayerNorm, GELU, layer scale and the residual adds are left out.
+"""
+
+from __future__ import annotations
+
+import math
+
+from .config import ConvNextConfig
+from .weights import param_table
+
+
+def stage_rows(config: ConvNextConfig, height: int = 224, width: int | None = None) -> list[dict]:
+    """One row each for the stem, the four stages and the head: name, output shape, params, MACs."""
+    width = height if width is None else width
+    params = {}
+    for path, _, shape in param_table(config):
+        part = "stem" if path[0] == "stem" else "head" if path[0] == "head" else f"stage{path[1] + 1}"
+        params[part] = params.get(part, 0) + math.prod(shape)
+
+    dims, k = config.hidden_sizes, config.num_labels
+    h, w = height // 4, width // 4
+    rows = [{"name": "stem", "shape": (dims[0], h, w), "params": params["stem"],
+             "macs": h * w * dims[0] * 4 * 4 * config.num_channels}]
+    for s, (depth, c) in enumerate(zip(config.depths, dims)):
+        macs = 0
+        if s > 0:
+            h, w = h // 2, w // 2
+            macs += h * w * c * 2 * 2 * dims[s - 1]  # downsampling conv
+        macs += depth * h * w * c * (7 * 7 + 2 * 4 * c)  # dwconv + pwconv1 + pwconv2
+        rows.append({"name": f"stage{s + 1}", "shape": (c, h, w), "params": params[f"stage{s + 1}"],
+                     "macs": macs})
+    rows.append({"name": "head", "shape": (k,) if k else (dims[-1],), "params": params["head"],
+                 "macs": dims[-1] * k})
+    return rows

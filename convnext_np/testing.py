@@ -1,0 +1,54 @@
+"""Tolerances and realistic random weights, for our tests and for other ports' test suites.
+
+Random weights are drawn per tensor from a seed and the tensor's name, so the same state
+dict can be rebuilt anywhere from its list of names and shapes, with NumPy alone. They are
+*realistic*: layer scale, LayerNorm affine and biases are drawn wide. The default init
+(layer scale 1e-6) makes every block nearly the identity and would hide bugs in the blocks.
+"""
+
+from __future__ import annotations
+
+import zlib
+
+import numpy as np
+
+# Agreement with the reference implementations (transformers, timm) in float32.
+LOGITS_ATOL = 2e-4  # absolute, on logits
+POOLED_ATOL = 2e-4  # absolute, on the pooled (final-LayerNorm) features
+HIDDEN_RTOL = 1e-4  # on hidden states, relative to each tensor's max abs value
+
+
+def _rng(seed: int, name: str) -> np.random.Generator:
+    return np.random.default_rng([seed, zlib.crc32(name.encode())])
+
+
+def realistic_tensor(name: str, shape, seed: int = 0) -> np.ndarray:
+    """One float32 tensor, its distribution chosen by its role, read off its name and rank.
+
+    - layer scale (``gamma`` / ``layer_scale_parameter``): uniform in [0.1, 1], so every block
+      contributes (trained ConvNeXts have values from ~1e-3 to ~1);
+    - LayerNorm weight (any other 1-D ``weight``): 1 + N(0, 0.3);
+    - bias: N(0, 0.2);
+    - conv and Linear weights: N(0, 1 / fan_in), which keeps activations of order one.
+    """
+    rng = _rng(seed, name)
+    shape = tuple(shape)
+    if name.endswith(("gamma", "layer_scale_parameter")):
+        x = rng.uniform(0.1, 1.0, shape)
+    elif name.endswith("bias"):
+        x = rng.normal(0.0, 0.2, shape)
+    elif len(shape) == 1:
+        x = 1.0 + rng.normal(0.0, 0.3, shape)
+    else:
+        x = rng.normal(0.0, 1.0, shape) / np.sqrt(np.prod(shape[1:]))
+    return x.astype(np.float32)
+
+
+def realistic_state_dict(shapes: dict, seed: int = 0) -> dict:
+    """name -> realistic random tensor, for a dict of name -> shape in any naming scheme."""
+    return {name: realistic_tensor(name, shape, seed) for name, shape in shapes.items()}
+
+
+def random_pixels(shape, seed: int = 0) -> np.ndarray:
+    """Normalized-looking input, N(0, 1), float32, NCHW."""
+    return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)

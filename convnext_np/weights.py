@@ -1,0 +1,257 @@
+"""Official weight naming schemes, and the layout the model keeps its weights in.
+
+Three schemes publish ConvNeXt V1 weights (reference spec C): Hugging Face transformers
+(``convnext.encoder.stages.0.layers.0.dwconv.weight``), timm (``stages.0.blocks.0.conv_dw.weight``)
+and the original facebookresearch code (``stages.0.0.dwconv.weight``). Each is mapped by one
+table of renames onto the Hugging Face names, the canonical ones here. Then
+:func:`to_params` checks the tensors strictly against the config and converts each, once, from
+torch layout into the channels-last layout of :mod:`convnext_np.ops`.
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+
+from .config import VARIANTS, ConvNextConfig
+from .errors import WeightsError
+
+_STAGE = r"convnext.encoder.stages.\1"
+_BLOCK = _STAGE + r".layers.\2"
+
+# scheme -> [(pattern matched against the whole key, HF name)]
+RENAMES = {
+    "hf": [
+        (r"(?:convnext\.)?(embeddings|encoder|layernorm)(\..+)", r"convnext.\1\2"),
+        (r"(classifier\.(?:weight|bias))", r"\1"),
+    ],
+    "timm": [
+        (r"stem\.0\.(weight|bias)", r"convnext.embeddings.patch_embeddings.\1"),
+        (r"stem\.1\.(weight|bias)", r"convnext.embeddings.layernorm.\1"),
+        (r"stages\.(\d+)\.downsample\.([01])\.(weight|bias)", _STAGE + r".downsampling_layer.\2.\3"),
+        (r"stages\.(\d+)\.blocks\.(\d+)\.conv_dw\.(weight|bias)", _BLOCK + r".dwconv.\3"),
+        (r"stages\.(\d+)\.blocks\.(\d+)\.norm\.(weight|bias)", _BLOCK + r".layernorm.\3"),
+        (r"stages\.(\d+)\.blocks\.(\d+)\.mlp\.fc([12])\.(weight|bias)", _BLOCK + r".pwconv\3.\4"),
+        (r"stages\.(\d+)\.blocks\.(\d+)\.gamma", _BLOCK + r".layer_scale_parameter"),
+        (r"head\.norm\.(weight|bias)", r"convnext.layernorm.\1"),
+        (r"head\.fc\.(weight|bias)", r"classifier.\1"),
+    ],
+    "fb": [
+        (r"downsample_layers\.0\.0\.(weight|bias)", r"convnext.embeddings.patch_embeddings.\1"),
+        (r"downsample_layers\.0\.1\.(weight|bias)", r"convnext.embeddings.layernorm.\1"),
+        (r"downsample_layers\.([123])\.([01])\.(weight|bias)", _STAGE + r".downsampling_layer.\2.\3"),
+        (r"stages\.(\d+)\.(\d+)\.dwconv\.(weight|bias)", _BLOCK + r".dwconv.\3"),
+        (r"stages\.(\d+)\.(\d+)\.norm\.(weight|bias)", _BLOCK + r".layernorm.\3"),
+        (r"stages\.(\d+)\.(\d+)\.pwconv([12])\.(weight|bias)", _BLOCK + r".pwconv\3.\4"),
+        (r"stages\.(\d+)\.(\d+)\.gamma", _BLOCK + r".layer_scale_parameter"),
+        (r"norm\.(weight|bias)", r"convnext.layernorm.\1"),
+        (r"head\.(weight|bias)", r"classifier.\1"),
+    ],
+}
+# A key that only one scheme has: how the scheme of a state dict is recognised.
+SIGNATURES = {
+    "hf": ("convnext.embeddings.patch_embeddings.weight", "embeddings.patch_embeddings.weight"),
+    "timm": ("stem.0.weight",),
+    "fb": ("downsample_layers.0.0.weight",),
+}
+# Wrappers around a state dict in training checkpoints, in the order timm's loader prefers
+# them (EMA weights first, as the published "_ema" files hold).
+WRAPPERS = ("state_dict_ema", "model_ema", "state_dict", "model", "module")
+
+
+def unwrap(obj, where: str) -> dict:
+    """The state dict inside a checkpoint: ``{"model": sd}`` and friends; ``module.`` stripped."""
+    while isinstance(obj, dict) and not any(k in obj for ks in SIGNATURES.values() for k in ks):
+        inner = next((obj[k] for k in WRAPPERS if isinstance(obj.get(k), dict)), None)
+        if inner is None:
+            break
+        obj = inner
+    if not isinstance(obj, dict):
+        raise WeightsError(f"{where}: expected a state dict, got {type(obj).__name__}")
+    if obj and all(isinstance(k, str) and k.startswith("module.") for k in obj):
+        obj = {k[len("module."):]: v for k, v in obj.items()}
+    return obj
+
+
+def detect_scheme(keys, where: str) -> str:
+    keys = set(keys)
+    if any(k.startswith("convnextv2.") or ".grn." in k for k in keys):
+        raise WeightsError(f"{where}: this is a ConvNeXt V2 checkpoint (GRN layers); "
+                           "convnext_np implements ConvNeXt V1")
+    for scheme, signature in SIGNATURES.items():
+        if keys & set(signature):
+            return scheme
+    sample = ", ".join(sorted(keys)[:5]) or "no tensors at all"
+    raise WeightsError(f"{where}: not a ConvNeXt checkpoint in any known naming "
+                       f"(HF, timm, facebookresearch): no stem conv found; keys start {sample}")
+
+
+def to_hf_names(state_dict: dict, scheme: str, where: str) -> dict:
+    """Rename every key of ``scheme`` to its HF name; timm's 1x1-conv MLP weights -> Linear."""
+    out = {}
+    for key, value in state_dict.items():
+        for pattern, repl in RENAMES[scheme]:
+            m = re.fullmatch(pattern, key)
+            if m:
+                name = m.expand(repl)
+                break
+        else:
+            raise WeightsError(f"{where}: unexpected tensor {key!r} for a {scheme} ConvNeXt checkpoint")
+        if re.search(r"pwconv[12]\.weight$", name) and np.ndim(value) == 4 and value.shape[2:] == (1, 1):
+            value = value.reshape(value.shape[:2])  # timm conv_mlp (spec C, notes)
+        out[name] = value
+    return out
+
+
+# Our parameter names (those of the functions in :mod:`convnext_np.model`) -> HF names.
+STEM_NAMES = {"w": "patch_embeddings.weight", "b": "patch_embeddings.bias",
+              "norm_w": "layernorm.weight", "norm_b": "layernorm.bias"}
+DOWNSAMPLE_NAMES = {"norm_w": "0.weight", "norm_b": "0.bias", "w": "1.weight", "b": "1.bias"}
+BLOCK_NAMES = {"dwconv_w": "dwconv.weight", "dwconv_b": "dwconv.bias",
+               "norm_w": "layernorm.weight", "norm_b": "layernorm.bias",
+               "pwconv1_w": "pwconv1.weight", "pwconv1_b": "pwconv1.bias",
+               "pwconv2_w": "pwconv2.weight", "pwconv2_b": "pwconv2.bias",
+               "gamma": "layer_scale_parameter"}
+HEAD_NAMES = {"norm_w": "convnext.layernorm.weight", "norm_b": "convnext.layernorm.bias",
+              "fc_w": "classifier.weight", "fc_b": "classifier.bias"}
+
+
+def param_table(config: ConvNextConfig) -> list:
+    """(path in the parameter tree, HF name, torch-layout shape) of every tensor (spec C)."""
+    dims = config.hidden_sizes
+    c0, c3 = dims[0], dims[-1]
+    stem_shapes = {"w": (c0, config.num_channels, 4, 4), "b": (c0,), "norm_w": (c0,), "norm_b": (c0,)}
+    rows = [(("stem", k), f"convnext.embeddings.{v}", stem_shapes[k]) for k, v in STEM_NAMES.items()]
+    for s, (depth, c) in enumerate(zip(config.depths, dims)):
+        stage = f"convnext.encoder.stages.{s}"
+        if s > 0:
+            shapes = {"norm_w": (dims[s - 1],), "norm_b": (dims[s - 1],),
+                      "w": (c, dims[s - 1], 2, 2), "b": (c,)}
+            rows += [(("stages", s, "downsample", k), f"{stage}.downsampling_layer.{v}", shapes[k])
+                     for k, v in DOWNSAMPLE_NAMES.items()]
+        shapes = {"dwconv_w": (c, 1, 7, 7), "pwconv1_w": (4 * c, c), "pwconv1_b": (4 * c,),
+                  "pwconv2_w": (c, 4 * c)}
+        rows += [(("stages", s, "blocks", b, k), f"{stage}.layers.{b}.{v}", shapes.get(k, (c,)))
+                 for b in range(depth) for k, v in BLOCK_NAMES.items()]
+    head_shapes = {"norm_w": (c3,), "norm_b": (c3,),
+                   "fc_w": (config.num_labels, c3), "fc_b": (config.num_labels,)}
+    rows += [(("head", k), v, head_shapes[k]) for k, v in HEAD_NAMES.items()
+             if config.num_labels or not k.startswith("fc")]
+    return rows
+
+
+def expected_shapes(config: ConvNextConfig) -> dict:
+    """Every HF tensor name of ``config``, with its torch-layout shape."""
+    return {name: shape for _, name, shape in param_table(config)}
+
+
+def infer_architecture(hf: dict, where: str) -> dict:
+    """depths, hidden_sizes and num_labels read off the shapes of HF-named tensors."""
+    try:
+        dims, depths = [], []
+        for s in range(4):
+            blocks = {int(m.group(1)) for k in hf
+                      if (m := re.fullmatch(rf"convnext\.encoder\.stages\.{s}\.layers\.(\d+)\.dwconv\.weight", k))}
+            depths.append(len(blocks))
+            dims.append(hf[f"convnext.encoder.stages.{s}.layers.0.dwconv.weight"].shape[0])
+    except KeyError as e:
+        raise WeightsError(f"{where}: cannot infer the architecture: tensor {e.args[0]!r} is missing") from None
+    head = hf.get("classifier.weight")
+    return {"depths": depths, "hidden_sizes": dims, "num_labels": 0 if head is None else head.shape[0]}
+
+
+def default_norm_eps(hidden_sizes) -> float:
+    """1e-6, except for timm's xxlarge (1e-5, spec A.4)."""
+    for _, dims, _, eps in VARIANTS.values():
+        if tuple(hidden_sizes) == dims:
+            return eps
+    return 1e-6
+
+
+# Torch layout -> the layout of :mod:`convnext_np.ops`, and back, by the end of the HF name.
+def _patch_in(w):  # (Co, Ci, k, k) -> (k*k*Ci, Co), rows ordered (kh, kw, ci)
+    return w.transpose(2, 3, 1, 0).reshape(-1, w.shape[0])
+
+
+def _patch_out(w, shape):
+    co, ci, k, _ = shape
+    return w.reshape(k, k, ci, co).transpose(3, 2, 0, 1)
+
+
+LAYOUTS = [  # (name pattern, torch -> ours, ours -> torch)
+    (r"(patch_embeddings|downsampling_layer\.1)\.weight", _patch_in, _patch_out),
+    (r"dwconv\.weight", lambda w: w[:, 0].transpose(1, 2, 0), lambda w, s: w.transpose(2, 0, 1)[:, None]),
+    (r"(pwconv[12]|classifier)\.weight", lambda w: w.T, lambda w, s: w.T),
+]
+
+
+def _layout(name):
+    for pattern, to_ours, to_torch in LAYOUTS:
+        if re.search(pattern + "$", name):
+            return to_ours, to_torch
+    return (lambda w: w), (lambda w, shape: w)
+
+
+def torch_to_ours(name: str, w) -> np.ndarray:
+    """The tensor HF-named ``name`` in the layout of :mod:`convnext_np.ops`, contiguous float32."""
+    return np.ascontiguousarray(_layout(name)[0](np.asarray(w)), dtype=np.float32)
+
+
+def ours_to_torch(name: str, w, shape) -> np.ndarray:
+    """The inverse of :func:`torch_to_ours`; ``shape`` is the torch-layout shape."""
+    return np.ascontiguousarray(_layout(name)[1](w, shape), dtype=np.float32)
+
+
+def check_tensors(hf: dict, config: ConvNextConfig, where: str) -> None:
+    """Strict: every expected tensor present, none unexpected, each of the right shape and a float."""
+    expected = expected_shapes(config)
+    missing = [k for k in expected if k not in hf]
+    unexpected = [k for k in hf if k not in expected]
+    if missing or unexpected:
+        def some(kind, names):
+            listed = ", ".join(repr(n) for n in names[:3]) + (", ..." if len(names) > 3 else "")
+            return f"{kind} {len(names)} tensor{'s' if len(names) > 1 else ''}: {listed}"
+        parts = [some(kind, names) for kind, names in (("missing", missing), ("unexpected", unexpected)) if names]
+        raise WeightsError(f"{where}: weights do not match the config (depths {config.depths}, "
+                           f"hidden_sizes {config.hidden_sizes}, {config.num_labels} labels): "
+                           + "; ".join(parts))
+    for name, shape in expected.items():
+        value = hf[name]
+        if tuple(value.shape) != shape:
+            raise WeightsError(f"{where}: tensor {name!r} has shape {tuple(value.shape)}, "
+                               f"the config needs {shape}")
+        if not np.issubdtype(value.dtype, np.floating):
+            raise WeightsError(f"{where}: tensor {name!r} has dtype {value.dtype}, not floating point")
+
+
+def empty_tree(config: ConvNextConfig) -> dict:
+    """The parameter tree's skeleton: stem, 4 stages (downsample None in stage 0), head."""
+    return {"stem": {}, "head": {},
+            "stages": [{"downsample": None if s == 0 else {}, "blocks": [{} for _ in range(d)]}
+                       for s, d in enumerate(config.depths)]}
+
+
+def _node(tree, path):
+    for step in path[:-1]:
+        tree = tree[step]
+    return tree
+
+
+def to_params(hf: dict, config: ConvNextConfig, where: str) -> dict:
+    """Check HF-named torch-layout tensors against ``config``; return the model's parameter tree.
+
+    Each tensor is converted once into a new contiguous float32 array; nothing keeps a
+    reference to the (possibly memory-mapped) input.
+    """
+    check_tensors(hf, config, where)
+    tree = empty_tree(config)
+    for path, name, _ in param_table(config):
+        _node(tree, path)[path[-1]] = torch_to_ours(name, hf[name])
+    return tree
+
+
+def to_hf_tensors(params: dict, config: ConvNextConfig) -> dict:
+    """The inverse of :func:`to_params`: HF names, torch layout, contiguous float32."""
+    return {name: ours_to_torch(name, _node(params, path)[path[-1]], shape)
+            for path, name, shape in param_table(config)}

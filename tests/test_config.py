@@ -1,0 +1,62 @@
+"""ConvNextConfig reads and writes Hugging Face config.json, keeping what it does not know."""
+
+import json
+
+import pytest
+
+import convnext_np as cnp
+from conftest import FIXTURES
+from convnext_np.checkpoints import CHECKPOINTS, find_checkpoint
+
+
+def test_hf_config_round_trips_with_unknown_keys(tmp_path):
+    original = json.loads((FIXTURES / "hf-safetensors" / "config.json").read_text())
+    original["some_future_field"] = {"nested": [1, 2]}
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(original))
+    config = cnp.ConvNextConfig.from_json_file(path)
+    assert config.extra["some_future_field"] == {"nested": [1, 2]}
+    assert config.num_labels == 10 and config.id2label[3] == "LABEL_3"
+    config.to_json_file(tmp_path / "again.json")
+    again = json.loads((tmp_path / "again.json").read_text())
+    for key, value in original.items():
+        assert again[key] == value, key
+
+
+def test_num_labels_without_id2label_follows_transformers():
+    assert cnp.ConvNextConfig.from_dict({"num_labels": 7}).num_labels == 7
+    assert cnp.ConvNextConfig.from_dict({}).num_labels == 2
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({"depths": [3, 3, 9]}, "needs 4 stages"),
+    ({"hidden_act": "gelu_new"}, "exact erf GELU"),
+    ({"depths": [3, 0, 9, 3]}, "positive"),
+    ({"patch_size": 2}, "patch_size=4"),
+    ({"depths": "abc"}, "invalid ConvNeXt config"),
+])
+def test_invalid_configs(bad, message):
+    with pytest.raises(cnp.WeightsError, match=message):
+        cnp.ConvNextConfig.from_dict(bad)
+
+
+def test_variants_table():
+    assert cnp.ConvNextConfig.from_variant("tiny").variant() == "tiny"
+    assert cnp.ConvNextConfig.from_variant("xxlarge").norm_eps == 1e-5
+    assert set(cnp.VARIANTS) == {"atto", "femto", "pico", "nano", "tiny", "small", "base", "large",
+                                 "xlarge", "xxlarge"}
+    with pytest.raises(ValueError, match="unknown ConvNeXt variant"):
+        cnp.ConvNextConfig.from_variant("huge")
+
+
+def test_checkpoint_table_is_consistent():
+    aliases = [c.alias for c in CHECKPOINTS]
+    assert len(aliases) == len(set(aliases))
+    for c in CHECKPOINTS:
+        assert c.variant in cnp.VARIANTS
+        assert (c.crop_pct is None) == (c.image_size >= 384)
+        for name in filter(None, (c.alias, c.hf_id, c.timm)):
+            assert find_checkpoint(name) is c
+    assert find_checkpoint("timm/convnext_tiny.fb_in1k").hf_id == "facebook/convnext-tiny-224"
+    assert find_checkpoint("facebook/convnext-base-224-22k").num_labels == 21841
+    assert find_checkpoint("nope") is None

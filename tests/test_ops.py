@@ -1,0 +1,123 @@
+"""Each NumPy op against an independent formulation: naive float64 loops, or scipy."""
+
+import numpy as np
+import pytest
+import scipy.signal
+import scipy.stats
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from numpy.testing import assert_allclose
+
+import naive
+from convnext_np import ops
+from convnext_np.weights import torch_to_ours
+
+RTOL, ATOL = 1e-5, 1e-5  # float32 op vs float64 formula, inputs of order one
+
+
+def rand(rng, *shape):
+    return rng.standard_normal(shape).astype(np.float32)
+
+
+seeds = st.integers(0, 2**32 - 1)
+
+
+@settings(max_examples=25, deadline=None)
+@given(n=st.integers(1, 2), h=st.integers(2, 11), w=st.integers(2, 11), ci=st.integers(1, 5),
+       co=st.integers(1, 6), patch=st.sampled_from([2, 4]), seed=seeds)
+def test_patchify_equals_strided_conv(n, h, w, ci, co, patch, seed):
+    rng = np.random.default_rng(seed)
+    if min(h, w) < patch:
+        h, w = h + patch, w + patch
+    x, wt, b = rand(rng, n, ci, h, w), rand(rng, co, ci, patch, patch), rand(rng, co)
+    expected = naive.conv2d_strided(x.astype(np.float64), wt, b, patch)  # drops partial patches
+    got = ops.patchify(np.ascontiguousarray(x.transpose(0, 2, 3, 1)),
+                       torch_to_ours("convnext.embeddings.patch_embeddings.weight", wt), b, patch)
+    assert_allclose(got.transpose(0, 3, 1, 2), expected, rtol=RTOL, atol=ATOL)
+
+
+@settings(max_examples=20, deadline=None)
+@given(n=st.integers(1, 2), h=st.integers(1, 10), w=st.integers(1, 10), c=st.integers(1, 9), seed=seeds)
+def test_depthwise_conv_equals_naive_loops(n, h, w, c, seed):
+    rng = np.random.default_rng(seed)
+    x, wt, b = rand(rng, n, c, h, w), rand(rng, c, 1, 7, 7), rand(rng, c)
+    expected = naive.depthwise_conv(x.astype(np.float64), wt, b)
+    got = ops.depthwise_conv(np.ascontiguousarray(x.transpose(0, 2, 3, 1)),
+                             torch_to_ours("a.dwconv.weight", wt), b)
+    assert got.dtype == np.float32
+    assert_allclose(got.transpose(0, 3, 1, 2), expected, rtol=RTOL, atol=ATOL)
+
+
+@settings(max_examples=20, deadline=None)
+@given(h=st.integers(1, 16), w=st.integers(1, 16), c=st.integers(1, 13), seed=seeds)
+def test_depthwise_conv_equals_scipy_correlate(h, w, c, seed):
+    rng = np.random.default_rng(seed)
+    x, wt, b = rand(rng, 1, h, w, c), rand(rng, 7, 7, c), rand(rng, c)
+    got = ops.depthwise_conv(x, wt, b)
+    for ch in range(c):
+        expected = scipy.signal.correlate2d(x[0, :, :, ch].astype(np.float64), wt[:, :, ch],
+                                            mode="same", boundary="fill") + b[ch]
+        assert_allclose(got[0, :, :, ch], expected, rtol=RTOL, atol=ATOL)
+
+
+@settings(max_examples=30, deadline=None)
+@given(rows=st.integers(1, 4), c=st.integers(2, 40), eps=st.sampled_from([1e-6, 1e-12, 1e-5]),
+       scale=st.sampled_from([1e-2, 1.0, 100.0]), seed=seeds)
+def test_layer_norm_equals_naive(rows, c, eps, scale, seed):
+    rng = np.random.default_rng(seed)
+    x = rand(rng, rows, c) * np.float32(scale) + np.float32(rng.normal() * scale)
+    w, b = rand(rng, c), rand(rng, c)
+    got = ops.layer_norm(x, w, b, eps)
+    assert got.dtype == np.float32
+    for r in range(rows):
+        assert_allclose(got[r], naive.layer_norm(x[r], w, b, eps), rtol=1e-4, atol=1e-4)
+
+
+def test_layer_norm_normalizes_over_channels_only():
+    """Spec G.1: each (n, h, w) position is normalized on its own, not the whole map."""
+    rng = np.random.default_rng(0)
+    x = rand(rng, 2, 3, 4, 8) * np.arange(1, 25, dtype=np.float32).reshape(2, 3, 4, 1)
+    y = ops.layer_norm(x, np.ones(8, np.float32), np.zeros(8, np.float32), 1e-6)
+    assert_allclose(y.mean(axis=-1), 0, atol=1e-5)
+    assert_allclose(y.std(axis=-1), 1, atol=1e-3)
+
+
+@settings(max_examples=20, deadline=None)
+@given(seed=seeds, scale=st.sampled_from([0.1, 1.0, 5.0]))
+def test_gelu_is_exact_erf_form(seed, scale):
+    x = rand(np.random.default_rng(seed), 200) * np.float32(scale)
+    got = ops.gelu(x)
+    assert got.dtype == np.float32
+    # x * Phi(x) with scipy's normal CDF, and the naive erf formula
+    assert_allclose(got, x * scipy.stats.norm.cdf(x.astype(np.float64)), rtol=1e-5, atol=1e-6)
+    assert_allclose(got, [naive.gelu(float(t)) for t in x], rtol=1e-5, atol=1e-6)
+
+
+def test_gelu_is_not_the_tanh_approximation():
+    x = np.linspace(-4, 4, 801, dtype=np.float32)
+    tanh_form = 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x**3)))
+    assert np.abs(ops.gelu(x) - tanh_form).max() > 1e-4
+
+
+@settings(max_examples=20, deadline=None)
+@given(n=st.integers(1, 3), h=st.integers(1, 5), w=st.integers(1, 5), c=st.integers(1, 7), seed=seeds)
+def test_global_avg_pool_and_linear(n, h, w, c, seed):
+    rng = np.random.default_rng(seed)
+    x, wt, b = rand(rng, n, h, w, c), rand(rng, 5, c), rand(rng, 5)
+    pooled = ops.global_avg_pool(x)
+    assert_allclose(pooled, x.astype(np.float64).sum(axis=(1, 2)) / (h * w), rtol=RTOL, atol=ATOL)
+    got = ops.linear(pooled, torch_to_ours("classifier.weight", wt), b)
+    expected = [[sum(float(pooled[i, j]) * float(wt[o, j]) for j in range(c)) + b[o] for o in range(5)]
+                for i in range(n)]
+    assert_allclose(got, expected, rtol=RTOL, atol=ATOL)
+
+
+@pytest.mark.parametrize("op", [ops.patchify, ops.depthwise_conv, ops.layer_norm, ops.gelu])
+def test_ops_stay_float32(op):
+    rng = np.random.default_rng(0)
+    x = rand(rng, 1, 8, 8, 4)
+    args = {ops.patchify: (rand(rng, 16 * 4, 3), rand(rng, 3), 4),
+            ops.depthwise_conv: (rand(rng, 7, 7, 4), rand(rng, 4)),
+            ops.layer_norm: (rand(rng, 4), rand(rng, 4), 1e-6),
+            ops.gelu: ()}[op]
+    assert op(x, *args).dtype == np.float32

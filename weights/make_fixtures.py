@@ -1,0 +1,213 @@
+"""Build the parity fixtures: reference ConvNeXts with realistic random weights, written in each
+official layout, and the outputs that transformers and timm compute for them.
+
+Run with the ``reference`` extra plus timm (timm needs torchvision; see ``weights/README.md``):
+
+    python weights/make_fixtures.py            # rewrites weights/fixtures and weights/reference
+
+- ``weights/fixtures/<layout>/``: a micro ConvNeXt (small enough to commit) in every layout the
+  loader reads, each with ``reference.safetensors`` (inputs and the reference outputs) and
+  ``reference.json`` (what made it).
+- ``weights/reference/<variant>-<layout>.{json,safetensors}``: full-size variants. Only the
+  outputs are committed; ``reference.json`` lists every tensor name and shape, so the tests
+  rebuild the same weights with :func:`convnext_np.testing.realistic_state_dict`.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import timm
+import torch
+import transformers
+from safetensors.numpy import save_file
+from safetensors.torch import save_file as save_torch_file
+from timm.models.convnext import ConvNeXt as TimmConvNeXt
+from timm.models.convnext import checkpoint_filter_fn
+
+from convnext_np.testing import random_pixels, realistic_state_dict
+
+ROOT = Path(__file__).parent
+MICRO = {"depths": [2, 1, 3, 1], "dims": [12, 20, 36, 44], "num_classes": 10}
+MICRO_INPUTS = [((2, 3, 64, 64), 0), ((1, 3, 64, 96), 1), ((1, 3, 70, 45), 2)]
+FULL_INPUTS = [((2, 3, 224, 224), 0), ((1, 3, 160, 224), 1)]
+SEED = 1234
+
+
+def versions() -> dict:
+    return {"torch": torch.__version__, "transformers": transformers.__version__,
+            "timm": timm.__version__, "numpy": np.__version__}
+
+
+def as_torch(sd: dict) -> dict:
+    return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in sd.items()}
+
+
+def shapes_of(module: torch.nn.Module) -> dict:
+    return {k: tuple(v.shape) for k, v in module.state_dict().items()}
+
+
+def hf_model(depths, dims, num_classes):
+    config = transformers.ConvNextConfig(depths=depths, hidden_sizes=dims, num_labels=num_classes)
+    return transformers.ConvNextForImageClassification(config).eval()
+
+
+def timm_model(depths, dims, num_classes, conv_mlp=False):
+    return TimmConvNeXt(depths=depths, dims=dims, num_classes=num_classes, conv_mlp=conv_mlp).eval()
+
+
+def fb_names(timm_sd_shapes: dict, num_stages=4) -> dict:
+    """facebookresearch names for a timm (non conv-MLP) model, checked by timm's own converter."""
+    out = {}
+    for k, shape in timm_sd_shapes.items():
+        k2 = (k.replace("stem.", "downsample_layers.0.").replace("conv_dw", "dwconv")
+              .replace("mlp.fc", "pwconv").replace("head.fc.", "head.").replace("head.norm.", "norm."))
+        parts = k2.split(".")
+        if parts[0] == "stages" and parts[2] == "downsample":
+            k2 = ".".join(["downsample_layers", parts[1]] + parts[3:])
+        elif parts[0] == "stages" and parts[2] == "blocks":
+            k2 = ".".join(["stages", parts[1]] + parts[3:])
+        out[k2] = shape
+    return out
+
+
+@torch.no_grad()
+def run_hf(model, x, hidden=True) -> dict:
+    out = model(torch.from_numpy(x), output_hidden_states=hidden)
+    pooled = model.convnext(torch.from_numpy(x)).pooler_output
+    result = {"logits": out.logits.numpy(), "pooled": pooled.numpy()}
+    if hidden:
+        result.update({f"hidden_states.{i}": h.numpy() for i, h in enumerate(out.hidden_states)})
+    return result
+
+
+@torch.no_grad()
+def run_timm(model, x, hidden=True) -> dict:
+    t = torch.from_numpy(x)
+    result = {"logits": model(t).numpy(),
+              "pooled": model.forward_head(model.forward_features(t), pre_logits=True).numpy()}
+    if hidden:
+        h = model.stem(t)
+        result["hidden_states.0"] = h.numpy()
+        for i, stage in enumerate(model.stages):
+            h = stage(h)
+            result[f"hidden_states.{i + 1}"] = h.numpy()
+    return result
+
+
+def record(path: Path, run, inputs, store_inputs: bool, meta: dict) -> None:
+    tensors = {}
+    for i, (shape, seed) in enumerate(inputs):
+        x = random_pixels(shape, seed)
+        if store_inputs:
+            tensors[f"input{i}.pixel_values"] = x
+        for name, value in run(x).items():
+            tensors[f"input{i}.{name}"] = np.ascontiguousarray(value, dtype=np.float32)
+    meta = dict(meta, inputs=[{"shape": list(s), "seed": seed,
+                               "sum": float(random_pixels(s, seed).astype(np.float64).sum())}
+                              for s, seed in inputs], versions=versions())
+    save_file(tensors, str(path.with_suffix(".safetensors")))
+    path.with_suffix(".json").write_text(json.dumps(meta, indent=1) + "\n")
+
+
+def round_to(sd: dict, dtype) -> dict:
+    return {k: torch.from_numpy(v).to(dtype).float().numpy() for k, v in sd.items()}
+
+
+def micro_fixtures(out: Path) -> None:
+    d, c, k = MICRO["depths"], MICRO["dims"], MICRO["num_classes"]
+
+    # Hugging Face layouts: one set of weights, written five ways.
+    model = hf_model(d, c, k)
+    sd = realistic_state_dict(shapes_of(model), SEED)
+    for layout, dtype in [("hf-safetensors", None), ("hf-bin", None), ("hf-sharded", None),
+                          ("hf-f16", torch.float16), ("hf-bf16", torch.bfloat16)]:
+        target = out / layout
+        target.mkdir(parents=True)
+        weights = sd if dtype is None else round_to(sd, dtype)
+        model.load_state_dict(as_torch(weights), strict=True)
+        model.config.to_json_file(str(target / "config.json"))
+        if layout == "hf-bin":
+            torch.save(as_torch(sd), target / "pytorch_model.bin")
+        elif layout == "hf-sharded":
+            model.save_pretrained(target, max_shard_size="40KB")
+        elif dtype is not None:
+            save_torch_file({k: v.to(dtype) for k, v in as_torch(sd).items()},
+                            str(target / "model.safetensors"), metadata={"format": "pt"})
+        else:
+            save_file(sd, str(target / "model.safetensors"), metadata={"format": "pt"})
+        record(target / "reference", lambda x: run_hf(model, x), MICRO_INPUTS, True,
+               {"reference": "transformers ConvNextForImageClassification", "layout": layout,
+                "seed": SEED})
+
+    # timm layouts: Linear MLP and conv-MLP (the atto..nano storage).
+    for layout, conv_mlp in [("timm", False), ("timm-conv-mlp", True)]:
+        target = out / layout
+        target.mkdir(parents=True)
+        model = timm_model(d, c, k, conv_mlp)
+        sd = realistic_state_dict(shapes_of(model), SEED + 1)
+        model.load_state_dict(as_torch(sd), strict=True)
+        save_file(sd, str(target / "model.safetensors"))
+        (target / "config.json").write_text(json.dumps({
+            "architecture": "convnext_micro", "num_classes": k, "num_features": c[-1],
+            "pretrained_cfg": {"input_size": [3, 64, 64], "crop_pct": 0.875, "crop_mode": "center",
+                               "interpolation": "bicubic", "mean": [0.485, 0.456, 0.406],
+                               "std": [0.229, 0.224, 0.225], "num_classes": k}}, indent=1) + "\n")
+        record(target / "reference", lambda x: run_timm(model, x), MICRO_INPUTS, True,
+               {"reference": f"timm ConvNeXt(conv_mlp={conv_mlp})", "layout": layout, "seed": SEED + 1})
+
+    # facebookresearch layout, loaded into timm by timm's own converter (checkpoint_filter_fn).
+    model = timm_model(d, c, k)
+    fb = realistic_state_dict(fb_names(shapes_of(model)), SEED + 2)
+    model.load_state_dict(checkpoint_filter_fn({"model": as_torch(fb)}, model), strict=True)
+    for layout in ("fb-pth", "fb-safetensors"):
+        target = out / layout
+        target.mkdir(parents=True)
+        if layout == "fb-pth":
+            torch.save({"model": as_torch(fb)}, target / "checkpoint.pth")
+        else:
+            save_file(fb, str(target / "checkpoint.safetensors"))
+        record(target / "reference", lambda x: run_timm(model, x), MICRO_INPUTS, True,
+               {"reference": "timm ConvNeXt via checkpoint_filter_fn", "layout": layout, "seed": SEED + 2})
+
+
+def full_size_references(out: Path) -> None:
+    out.mkdir(parents=True)
+    for variant in ("atto", "tiny"):
+        model = timm.create_model(f"convnext_{variant}", pretrained=False).eval()
+        layouts = {"timm": model}
+        if variant == "tiny":
+            layouts["hf"] = hf_model([3, 3, 9, 3], [96, 192, 384, 768], 1000)
+            layouts["fb"] = timm.create_model("convnext_tiny", pretrained=False).eval()
+        for layout, m in layouts.items():
+            if layout == "fb":
+                shapes = fb_names(shapes_of(m))
+                sd = realistic_state_dict(shapes, SEED)
+                m.load_state_dict(checkpoint_filter_fn({"model": as_torch(sd)}, m), strict=True)
+            else:
+                shapes = shapes_of(m)
+                sd = realistic_state_dict(shapes, SEED)
+                m.load_state_dict(as_torch(sd), strict=True)
+            run = (lambda x, m=m: run_hf(m, x, hidden=False)) if layout == "hf" else \
+                (lambda x, m=m: run_timm(m, x, hidden=False))
+            record(out / f"{variant}-{layout}", run, FULL_INPUTS, False, {
+                "reference": type(m).__module__ + "." + type(m).__name__, "layout": layout,
+                "variant": variant, "seed": SEED,
+                "tensors": {k: list(s) for k, s in shapes.items()},
+                "weights_abs_sum": float(sum(np.abs(v.astype(np.float64)).sum() for v in sd.values())),
+            })
+
+
+def main() -> None:
+    torch.manual_seed(0)
+    for sub in ("fixtures", "reference"):
+        shutil.rmtree(ROOT / sub, ignore_errors=True)
+    micro_fixtures(ROOT / "fixtures")
+    full_size_references(ROOT / "reference")
+
+
+if __name__ == "__main__":
+    main()
