@@ -5,13 +5,16 @@ The forward pass reads top-down in :mod:`convnext_np.model`; every op's NumPy re
 """
 
 from .checkpoints import CHECKPOINTS, Checkpoint
+from .classify import Prediction, classify
 from .config import VARIANTS, ConvNextConfig
 from .errors import ConvNextError, ImageError, WeightsError
 from .model import ConvNeXt, ConvNextOutput
+from .preprocess import ImageProcessor
 from .loading import from_pretrained
 
 __all__ = [
     "CHECKPOINTS", "Checkpoint", "ConvNeXt", "ConvNextConfig", "ConvNextError", "ConvNextOutput",
-    "ImageError", "VARIANTS", "WeightsError", "from_pretrained",
+    "ImageError", "ImageProcessor", "Prediction", "VARIANTS", "WeightsError", "classify",
+    "from_pretrained",
 ]
 __version__ = "0.1.0"

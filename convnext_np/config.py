@@ -106,24 +106,29 @@ class ConvNextConfig:
     # --- Hugging Face config.json -------------------------------------------------------------
     @classmethod
     def from_dict(cls, d: dict) -> "ConvNextConfig":
-        d = dict(d)
+        try:
+            return cls._from_dict(dict(d))
+        except WeightsError:
+            raise
+        except (TypeError, ValueError, AttributeError) as e:
+            raise WeightsError(f"invalid ConvNeXt config: {e}") from None
+
+    @classmethod
+    def _from_dict(cls, d: dict) -> "ConvNextConfig":
         known = {f.name for f in dataclasses.fields(cls)} - {"extra", "id2label"}
         kwargs = {k: d.pop(k) for k in list(d) if k in known}
         id2label = d.pop("id2label", None)
-        label2id = d.pop("label2id", None)
+        d.pop("label2id", None)  # derived from id2label
         if id2label is None:
             # transformers falls back to num_labels generic labels (default 2).
             n = int(d.pop("num_labels", 2))
             id2label = {i: f"LABEL_{i}" for i in range(n)}
         else:
             d.pop("num_labels", None)
-        del label2id  # derived from id2label
-        try:
-            return cls(id2label=id2label, extra=d, **kwargs)
-        except (TypeError, ValueError) as e:
-            if isinstance(e, WeightsError):
-                raise
-            raise WeightsError(f"invalid ConvNeXt config: {e}") from None
+            # transformers' 22k conversion deleted keys 9205 and 15027 of a 21843-class list
+            # without re-indexing (spec D.4): the labels, in key order, are the logits in order.
+            id2label = dict(enumerate(v for _, v in sorted(id2label.items(), key=lambda kv: int(kv[0]))))
+        return cls(id2label=id2label, extra=d, **kwargs)
 
     @classmethod
     def from_json_file(cls, path: str | os.PathLike) -> "ConvNextConfig":

@@ -20,7 +20,9 @@ from safetensors.numpy import save_file
 from . import torch_pickle, weights
 from .config import ConvNextConfig
 from .errors import WeightsError
+from .labels import imagenet_labels
 from .model import ConvNeXt
+from .preprocess import ImageProcessor
 from .safetensors_file import SafetensorsFile
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json",
@@ -90,10 +92,14 @@ def _read_json(path: Path) -> dict:
 
 
 def _config_from_tensors(arch: dict, scheme: str, labels=None) -> ConvNextConfig:
-    """A config for weights that came without an HF config.json (timm, facebookresearch, bare)."""
+    """A config for weights that came without an HF config.json (timm, facebookresearch, bare).
+
+    Labels: ``labels`` if given (timm's ``label_names``), else the ImageNet names for a head of
+    1000 or 21841 classes, else ``LABEL_i``.
+    """
     num_labels = arch["num_labels"]
     if labels is None or len(labels) != num_labels:
-        labels = [f"LABEL_{i}" for i in range(num_labels)]
+        labels = imagenet_labels(num_labels) or [f"LABEL_{i}" for i in range(num_labels)]
     eps = weights.default_norm_eps(arch["hidden_sizes"])
     # transformers' ConvNextConfig default final-LN eps is 1e-12; timm and FB use their norm eps.
     head_eps = ConvNextConfig.layer_norm_eps if scheme == "hf" else eps
@@ -138,13 +144,15 @@ def load_local(path: Path, *, backend: str = "auto") -> ConvNeXt:
         config = _config_from_tensors(arch, scheme)
 
     params = weights.to_params(hf, config, where)
-    return ConvNeXt(config, params, backend=backend, source=str(path))
+    return ConvNeXt(config, params, backend=backend, preprocessor=ImageProcessor.from_pretrained(path),
+                    source=str(path))
 
 
 def save_pretrained(model: ConvNeXt, directory) -> None:
-    """Write ``config.json`` and ``model.safetensors`` in Hugging Face layout, atomically each.
-
-    transformers' ``ConvNextForImageClassification.from_pretrained(directory)`` loads the result.
+    """Write ``config.json``, ``model.safetensors`` and ``preprocessor_config.json`` in Hugging
+    Face layout, each atomically. transformers' ``ConvNextForImageClassification`` and
+    ``AutoImageProcessor`` load the result. A timm preprocessing that transformers cannot express
+    (``squash`` below 384) writes no ``preprocessor_config.json``.
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -162,6 +170,13 @@ def save_pretrained(model: ConvNeXt, directory) -> None:
 
     write("model.safetensors", lambda p: save_file(tensors, p, metadata={"format": "pt"}))
     write("config.json", model.config.to_json_file)
+    if model.preprocessor is not None:
+        try:
+            processor = model.preprocessor.to_hf_dict()
+        except ValueError:
+            return
+        write("preprocessor_config.json",
+              lambda p: Path(p).write_text(json.dumps(processor, indent=2) + "\n", encoding="utf-8"))
 
 
 def from_pretrained(source, *, revision: str = "main", cache_dir=None, backend: str = "auto") -> ConvNeXt:

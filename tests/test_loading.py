@@ -138,7 +138,8 @@ def test_wrappers_and_module_prefix_are_unwrapped(tmp_path):
 def test_save_pretrained_round_trips(tmp_path):
     model = cnp.from_pretrained(FIXTURES / "timm-conv-mlp")
     model.save_pretrained(tmp_path / "saved")
-    assert sorted(p.name for p in (tmp_path / "saved").iterdir()) == ["config.json", "model.safetensors"]
+    assert sorted(p.name for p in (tmp_path / "saved").iterdir()) == [
+        "config.json", "model.safetensors", "preprocessor_config.json"]
     again = cnp.from_pretrained(tmp_path / "saved")
     assert again.config.layer_norm_eps == model.config.layer_norm_eps == 1e-6
     x = random_pixels((1, 3, 64, 64))

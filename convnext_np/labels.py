@@ -1,0 +1,30 @@
+"""Class names for checkpoints that carry none (timm and facebookresearch files).
+
+``data/imagenet-1k.txt`` and ``data/imagenet-22k.txt`` hold the WordNet lemmas of the
+ImageNet-1k classes and of the 21841 ImageNet-22k classes, in logit order (written by
+``data/make_labels.py`` from the lists timm ships). A checkpoint's own ``id2label`` always wins.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from importlib import resources
+
+LABEL_SETS = {1000: "imagenet-1k.txt", 21841: "imagenet-22k.txt"}
+
+
+@lru_cache(maxsize=None)
+def _read(name: str) -> tuple:
+    text = resources.files("convnext_np").joinpath("data", name).read_text(encoding="utf-8")
+    return tuple(text.splitlines())
+
+
+def imagenet_labels(num_classes: int) -> list | None:
+    """The ImageNet class names for a head of ``num_classes`` (1000 or 21841), else None."""
+    name = LABEL_SETS.get(num_classes)
+    return list(_read(name)) if name else None
+
+
+def is_generic(id2label: dict) -> bool:
+    """True for transformers' placeholder labels ``LABEL_0``, ``LABEL_1``, ..."""
+    return all(label == f"LABEL_{i}" for i, label in id2label.items())

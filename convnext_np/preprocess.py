@@ -1,0 +1,256 @@
+"""Images in, ``pixel_values`` out, with the semantics of the reference preprocessors.
+
+``crop_mode="hf"`` is Hugging Face's ``ConvNextImageProcessor`` (PIL path, reference spec D.1):
+below 384, resize the shortest edge to ``int(size / crop_pct)`` with PIL and centre-crop at
+floor offsets; at 384 and above, resize to ``size x size`` with no crop; rescale by 1/255 in
+float64, then normalize in float32. ``crop_mode="center"`` and ``"squash"`` are timm's eval
+transform (spec D.2): shortest edge (or both sides, for squash) to ``floor(size / crop_pct)``,
+centre crop at offsets rounded half to even as torchvision does, ``/ 255`` in float32.
+
+Every image becomes 8-bit RGB first, as transformers' ``pipeline("image-classification")``
+prepares it (``load_image``): EXIF orientation applied, then ``Image.convert("RGB")`` (alpha is
+dropped, palettes expanded); an animated image gives its first frame. One choice differs:
+16-bit greyscale is scaled to 8 bits, where PIL's own conversion clips it at 255.
+``hf_exact=True`` restores that clipping and, for PIL images handed in, skips the EXIF step, as
+transformers' processor does when called directly.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from .errors import ImageError, WeightsError
+
+IMAGENET_DEFAULT_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_DEFAULT_STD = (0.229, 0.224, 0.225)
+RESAMPLE = {"nearest": Image.Resampling.NEAREST, "lanczos": Image.Resampling.LANCZOS,
+            "bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC,
+            "box": Image.Resampling.BOX, "hamming": Image.Resampling.HAMMING}
+CROP_MODES = ("hf", "center", "squash")
+# Images with more pixels than this are refused before they are decoded (decompression bombs).
+# PIL's own warning threshold; raise it for legitimately huge scans.
+MAX_IMAGE_PIXELS = 89_478_485
+
+
+@dataclass
+class ImageProcessor:
+    """Turns images (paths, PIL images, HxWx3 uint8 arrays, or lists of them) into float32
+    ``pixel_values`` of shape (N, 3, size, size). The defaults are those of
+    ``facebook/convnext-tiny-224`` (224, crop_pct 0.875, bicubic, ImageNet mean and std)."""
+
+    size: int = 224
+    crop_pct: float | None = 224 / 256
+    resample: str = "bicubic"
+    image_mean: tuple = IMAGENET_DEFAULT_MEAN
+    image_std: tuple = IMAGENET_DEFAULT_STD
+    crop_mode: str = "hf"
+    do_resize: bool = True
+    do_rescale: bool = True
+    rescale_factor: float = 1 / 255
+    do_normalize: bool = True
+    hf_exact: bool = False
+    max_pixels: int = field(default=MAX_IMAGE_PIXELS, repr=False)
+
+    def __post_init__(self):
+        if isinstance(self.resample, int):
+            self.resample = {int(v): k for k, v in RESAMPLE.items()}.get(self.resample, self.resample)
+        problems = []
+        if self.resample not in RESAMPLE:
+            problems.append(f"resample must be one of {sorted(RESAMPLE)}, got {self.resample!r}")
+        if self.crop_mode not in CROP_MODES:
+            problems.append(f"crop_mode must be one of {CROP_MODES}, got {self.crop_mode!r}")
+        if not (isinstance(self.size, int) and self.size >= 1):
+            problems.append(f"size must be a positive int, got {self.size!r}")
+        if self.crop_pct is not None and not 0 < self.crop_pct <= 4:
+            problems.append(f"crop_pct must be in (0, 4], got {self.crop_pct!r}")
+        if len(self.image_mean) != 3 or len(self.image_std) != 3 or min(self.image_std) <= 0:
+            problems.append("image_mean and image_std need 3 values each, std positive")
+        if problems:
+            raise ValueError("invalid ImageProcessor: " + "; ".join(problems))
+        self.image_mean, self.image_std = tuple(self.image_mean), tuple(self.image_std)
+
+    # --- the pipeline --------------------------------------------------------------------------
+    def __call__(self, images) -> np.ndarray:
+        items = images if isinstance(images, (list, tuple)) else [images]
+        if not items:
+            raise ImageError("no images given")
+        return np.stack([self.preprocess(image) for image in items])
+
+    def preprocess(self, image) -> np.ndarray:
+        """One image -> float32 (3, size, size)."""
+        x = self.resize_and_crop(load_rgb(image, hf_exact=self.hf_exact, max_pixels=self.max_pixels))
+        x = np.asarray(x, dtype=np.uint8)  # [H, W, 3]
+        if self.do_rescale:
+            if self.crop_mode == "hf":  # transformers: float64 multiply, then float32
+                x = (x.astype(np.float64) * self.rescale_factor).astype(np.float32)
+            else:  # torchvision ToTensor: float32 divide
+                x = x.astype(np.float32) / np.float32(1 / self.rescale_factor)
+        x = x.astype(np.float32, copy=False)
+        if self.do_normalize:
+            x = (x - np.array(self.image_mean, np.float32)) / np.array(self.image_std, np.float32)
+        return np.ascontiguousarray(x.transpose(2, 0, 1))  # [3, H, W]
+
+    def resize_and_crop(self, image: Image.Image) -> np.ndarray:
+        """The RGB image resized and centre-cropped to (size, size), uint8 [H, W, 3]."""
+        if not self.do_resize:
+            return self._center_crop(np.asarray(image))
+        s = self.size
+        if self.crop_mode == "hf" and (s >= 384 or self.crop_pct is None):
+            return np.asarray(self._resize(image, s, s))  # warp, no crop (spec D.1)
+        crop_pct = 224 / 256 if self.crop_pct is None else self.crop_pct
+        if self.crop_mode == "hf":
+            short = int(s / crop_pct)
+        else:
+            short = math.floor(s / crop_pct)
+        if self.crop_mode == "squash":
+            return self._center_crop(np.asarray(self._resize(image, short, short)))
+        w, h = image.size
+        if w <= h:  # the long side is truncated, as transformers and torchvision do
+            new_w, new_h = short, int(short * h / w)
+        else:
+            new_w, new_h = int(short * w / h), short
+        return self._center_crop(np.asarray(self._resize(image, new_w, new_h)))
+
+    def _resize(self, image, width, height):
+        return image.resize((width, height), resample=RESAMPLE[self.resample], reducing_gap=None)
+
+    def _center_crop(self, x: np.ndarray) -> np.ndarray:
+        """Crop (or zero-pad, as transformers does) the centre size x size of [H, W, 3]."""
+        s = self.size
+        h, w = x.shape[:2]
+        if h < s or w < s:
+            padded = np.zeros((max(h, s), max(w, s), 3), np.uint8)
+            top, left = (padded.shape[0] - h) // 2, (padded.shape[1] - w) // 2
+            padded[top:top + h, left:left + w] = x
+            x, h, w = padded, *padded.shape[:2]
+        if self.crop_mode == "hf":
+            top, left = (h - s) // 2, (w - s) // 2
+        else:  # torchvision: int(round(d / 2)), round half to even
+            top, left = int(round((h - s) / 2.0)), int(round((w - s) / 2.0))
+        return x[top:top + s, left:left + s]
+
+    # --- configs on disk -----------------------------------------------------------------------
+    @classmethod
+    def from_hf_dict(cls, d: dict, **overrides) -> "ImageProcessor":
+        """From a transformers ``preprocessor_config.json``."""
+        size = d.get("size", 224)
+        if isinstance(size, dict):
+            size = size.get("shortest_edge") or size.get("height")
+        kwargs = {"size": int(size), "crop_pct": d.get("crop_pct"), "resample": d.get("resample", 3),
+                  "image_mean": d.get("image_mean", IMAGENET_DEFAULT_MEAN),
+                  "image_std": d.get("image_std", IMAGENET_DEFAULT_STD), "crop_mode": "hf"}
+        for flag in ("do_resize", "do_rescale", "rescale_factor", "do_normalize"):
+            if flag in d:
+                kwargs[flag] = d[flag]
+        return cls(**{**kwargs, **overrides})
+
+    @classmethod
+    def from_timm_cfg(cls, cfg: dict, **overrides) -> "ImageProcessor":
+        """From timm's ``pretrained_cfg`` (the ``config.json`` of a timm hub repo)."""
+        input_size = cfg.get("input_size", (3, 224, 224))
+        crop_mode = cfg.get("crop_mode", "center")
+        if crop_mode not in ("center", "squash"):
+            raise WeightsError(f"timm crop_mode {crop_mode!r} is not supported (center, squash)")
+        kwargs = {"size": int(input_size[-1]), "crop_pct": cfg.get("crop_pct", 0.875),
+                  "resample": cfg.get("interpolation", "bicubic"),
+                  "image_mean": cfg.get("mean", IMAGENET_DEFAULT_MEAN),
+                  "image_std": cfg.get("std", IMAGENET_DEFAULT_STD), "crop_mode": crop_mode}
+        return cls(**{**kwargs, **overrides})
+
+    @classmethod
+    def from_pretrained(cls, source, **overrides) -> "ImageProcessor":
+        """From a directory's ``preprocessor_config.json`` or timm ``config.json``.
+
+        A directory with neither, or a bare weights file, gets the defaults (the ImageNet
+        evaluation settings of every ConvNeXt trained at 224), with ``overrides`` applied.
+        """
+        path = Path(os.fspath(source))
+        directory = path if path.is_dir() else path.parent
+        try:
+            if (directory / "preprocessor_config.json").is_file():
+                d = json.loads((directory / "preprocessor_config.json").read_text(encoding="utf-8"))
+                return cls.from_hf_dict(d, **overrides)
+            if (directory / "config.json").is_file() and path.is_dir():
+                d = json.loads((directory / "config.json").read_text(encoding="utf-8"))
+                if "pretrained_cfg" in d:
+                    return cls.from_timm_cfg(d["pretrained_cfg"], **overrides)
+        except (OSError, ValueError, TypeError, AttributeError) as e:
+            if isinstance(e, WeightsError):
+                raise
+            raise WeightsError(f"{directory}: bad preprocessing config: {e}") from None
+        return cls(**overrides)
+
+    def to_hf_dict(self) -> dict:
+        """A transformers ``preprocessor_config.json``. timm's ``center`` mode maps onto it (up
+        to torchvision's crop rounding); ``squash`` only at 384 and above, where both warp."""
+        if self.crop_mode == "squash" and self.size < 384 and self.crop_pct not in (None, 1.0):
+            raise ValueError(f"crop_mode 'squash' at {self.size} has no transformers equivalent")
+        d = asdict(self)
+        return {"image_processor_type": "ConvNextImageProcessor", "size": {"shortest_edge": self.size},
+                "crop_pct": self.crop_pct, "resample": int(RESAMPLE[self.resample]),
+                "image_mean": list(self.image_mean), "image_std": list(self.image_std),
+                **{k: d[k] for k in ("do_resize", "do_rescale", "rescale_factor", "do_normalize")}}
+
+
+def _describe(image) -> str:
+    return os.fspath(image) if isinstance(image, (str, os.PathLike)) else type(image).__name__
+
+
+def load_rgb(image, *, hf_exact: bool = False, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
+    """A path, PIL image or uint8 array as an 8-bit RGB PIL image (see the module docstring)."""
+    where = _describe(image)
+    try:
+        if isinstance(image, (str, os.PathLike)):
+            with Image.open(image) as opened:
+                _check_pixels(opened, where, max_pixels)
+                opened.seek(0)  # first frame of an animation
+                rgb = _to_rgb(ImageOps.exif_transpose(opened), hf_exact)
+                rgb.load()
+                return rgb
+        if isinstance(image, Image.Image):
+            _check_pixels(image, where, max_pixels)
+            return _to_rgb(image if hf_exact else ImageOps.exif_transpose(image), hf_exact)
+        if isinstance(image, np.ndarray):
+            return _to_rgb(_array_to_pil(image), hf_exact)
+    except ImageError:
+        raise
+    except FileNotFoundError:
+        raise ImageError(f"{where}: no such file") from None
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        raise ImageError(f"{where}: cannot read image: {e}") from None
+    raise ImageError(f"unsupported image type {type(image).__name__}; pass a path, a PIL image "
+                     "or an HxWx3 uint8 array")
+
+
+def _check_pixels(image: Image.Image, where: str, max_pixels: int) -> None:
+    w, h = image.size
+    if w * h > max_pixels:
+        raise ImageError(f"{where}: {w}x{h} is {w * h:,} pixels, more than the limit of "
+                         f"{max_pixels:,} (a decompression bomb?); raise ImageProcessor.max_pixels "
+                         "to allow it")
+    if w < 1 or h < 1:
+        raise ImageError(f"{where}: image has no pixels ({w}x{h})")
+
+
+def _array_to_pil(x: np.ndarray) -> Image.Image:
+    if x.dtype != np.uint8:
+        raise ImageError(f"image arrays must be uint8 (H, W, 3), got {x.dtype}; normalized "
+                         "float input goes straight to the model as pixel_values")
+    if x.ndim == 3 and x.shape[-1] == 1:
+        x = x[..., 0]
+    if not (x.ndim == 2 or (x.ndim == 3 and x.shape[-1] in (3, 4))) or min(x.shape[:2]) < 1:
+        raise ImageError(f"image arrays must be (H, W), (H, W, 3) or (H, W, 4), got {x.shape}")
+    return Image.fromarray(np.ascontiguousarray(x))
+
+
+def _to_rgb(image: Image.Image, hf_exact: bool) -> Image.Image:
+    if image.mode.startswith("I;16") and not hf_exact:
+        image = Image.fromarray((np.asarray(image, dtype=np.float64) / 257).round().astype(np.uint8))
+    return image.convert("RGB")
