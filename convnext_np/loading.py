@@ -18,7 +18,7 @@ import numpy as np
 from safetensors.numpy import save_file
 
 from . import torch_pickle, weights
-from .config import ConvNextConfig
+from .config import VARIANTS, ConvNextConfig
 from .errors import WeightsError
 from .labels import imagenet_labels
 from .model import ConvNeXt
@@ -122,6 +122,12 @@ def load_local(path: Path, *, backend: str = "auto") -> ConvNeXt:
         if not str(config_json["architecture"]).startswith("convnext"):
             raise WeightsError(f"{path / 'config.json'}: architecture "
                                f"{config_json['architecture']!r} is not a ConvNeXt")
+        variant = str(config_json["architecture"]).removeprefix("convnext_")
+        if variant in VARIANTS and (tuple(arch["depths"]), tuple(arch["hidden_sizes"])) != VARIANTS[variant][:2]:
+            raise WeightsError(f"{path / 'config.json'}: architecture {config_json['architecture']!r} "
+                               f"has depths {list(VARIANTS[variant][0])} and widths "
+                               f"{list(VARIANTS[variant][1])}, but the tensors in {where} have "
+                               f"{arch['depths']} and {arch['hidden_sizes']}")
         declared = config_json.get("num_classes", arch["num_labels"])
         if declared != arch["num_labels"]:
             raise WeightsError(f"{path / 'config.json'}: num_classes is {declared}, but the "

@@ -92,6 +92,14 @@ def test_timm_config_with_the_wrong_class_count(tmp_path):
         cnp.from_pretrained(tmp_path / "timm")
 
 
+def test_timm_architecture_name_is_checked_against_the_tensors(tmp_path):
+    shutil.copytree(FIXTURES / "timm", tmp_path / "timm")
+    config = json.loads((tmp_path / "timm" / "config.json").read_text())
+    (tmp_path / "timm" / "config.json").write_text(json.dumps(dict(config, architecture="convnext_tiny")))
+    with pytest.raises(cnp.WeightsError, match=r"'convnext_tiny' has depths \[3, 3, 9, 3\]"):
+        cnp.from_pretrained(tmp_path / "timm")
+
+
 def test_not_a_convnext(tmp_path):
     path = tmp_path / "vit.safetensors"
     save_file({"vit.embeddings.cls_token": np.zeros((1, 1, 8), np.float32)}, str(path))
