@@ -52,6 +52,18 @@ def test_hf_crop_is_floor_and_timm_crop_rounds_half_to_even():
     assert_allclose(timm.resize_and_crop(img), resized[16:240, 60:284])  # round(59.5) = 60
 
 
+@pytest.mark.parametrize("w, h", [(1000, 50), (50, 1000), (1000, 2), (2, 1000), (7, 3001), (3001, 7), (123, 4567)])
+def test_extreme_aspect_ratios_resample_only_the_crop_window(w, h):
+    img = Image.fromarray(np.random.default_rng(w * h).integers(0, 256, (h, w, 3), dtype=np.uint8))
+    proc = ImageProcessor()
+    got = proc.resize_and_crop(img).astype(int)
+    new_w, new_h = (256, int(256 * h / w)) if w <= h else (int(256 * w / h), 256)
+    full = proc._center_crop(np.asarray(img.resize((new_w, new_h), Image.BICUBIC, reducing_gap=None)))
+    assert got.shape == (224, 224, 3)
+    assert np.abs(got - full).max() <= 3
+    assert (got != full).mean() < 0.01
+
+
 def test_squash_and_warp():
     img = Image.new("RGB", (640, 427), (10, 20, 30))
     assert ImageProcessor(size=384, crop_pct=None).resize_and_crop(img).shape == (384, 384, 3)
