@@ -31,6 +31,14 @@ VARIANTS = {
 }
 
 
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and v == v
+
+
 @dataclass
 class ConvNextConfig:
     """Architecture and labels of one ConvNeXt, as in a Hugging Face ``config.json``.
@@ -55,8 +63,20 @@ class ConvNextConfig:
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
-        self.hidden_sizes = [int(c) for c in self.hidden_sizes]
-        self.depths = [int(d) for d in self.depths]
+        for name in ("depths", "hidden_sizes"):
+            value = getattr(self, name)
+            if not (isinstance(value, (list, tuple)) and all(_is_int(v) for v in value)):
+                raise WeightsError(f"invalid ConvNeXt config: {name} must be a list of ints, got {value!r}")
+            setattr(self, name, [int(v) for v in value])
+        for name in ("num_channels", "patch_size", "num_stages", "image_size"):
+            if not _is_int(getattr(self, name)):
+                raise WeightsError(f"invalid ConvNeXt config: {name} must be an int, got {getattr(self, name)!r}")
+        for name in ("norm_eps", "layer_norm_eps"):
+            value = getattr(self, name)
+            if not (_is_number(value) and 0 < value < 1):
+                raise WeightsError(f"invalid ConvNeXt config: {name} must be a number in (0, 1), got {value!r}")
+        if not isinstance(self.id2label, dict) or not isinstance(self.extra, dict):
+            raise WeightsError("invalid ConvNeXt config: id2label must be a JSON object")
         self.id2label = {int(k): str(v) for k, v in self.id2label.items()}
         self.validate()
 

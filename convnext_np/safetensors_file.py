@@ -66,7 +66,7 @@ class SafetensorsFile:
         if not isinstance(entry, dict) or not {"dtype", "shape", "data_offsets"} <= entry.keys():
             raise WeightsError(f"{where}: entry must have dtype, shape and data_offsets")
         dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
-        if dtype not in DTYPES:
+        if not isinstance(dtype, str) or dtype not in DTYPES:
             raise WeightsError(f"{where}: unknown dtype {dtype!r}")
         if not (isinstance(shape, list) and all(type(d) is int and d >= 0 for d in shape)):
             raise WeightsError(f"{where}: shape must be a list of non-negative ints, got {shape!r}")

@@ -100,6 +100,15 @@ def load(path: str | os.PathLike) -> dict:
             raise WeightsError(f"{path}: legacy (pre torch 1.6) torch.save format is not supported; "
                                "re-save it with a recent torch or convert it to safetensors")
         raise WeightsError(f"{path}: not a torch checkpoint (not a zip archive)")
+    try:
+        return _load_zip(path)
+    except WeightsError:
+        raise
+    except Exception as e:  # a damaged zip or pickle fails in many ways; all mean the same
+        raise WeightsError(f"{path}: damaged torch checkpoint: {type(e).__name__}: {e}") from None
+
+
+def _load_zip(path: str):
     with open(path, "rb") as f, zipfile.ZipFile(f) as zf:
         pkl = [n for n in zf.namelist() if n.endswith("/data.pkl") or n == "data.pkl"]
         if len(pkl) != 1:
@@ -126,9 +135,4 @@ def load(path: str | os.PathLike) -> dict:
             return array, storage.name == "BFloat16Storage"
 
         with zf.open(pkl[0]) as data:
-            try:
-                return _SafeUnpickler(data, path, load_storage).load()
-            except WeightsError:
-                raise
-            except Exception as e:  # a corrupt pickle can fail in many ways
-                raise WeightsError(f"{path}: cannot unpickle {pkl[0]}: {type(e).__name__}: {e}") from None
+            return _SafeUnpickler(data, path, load_storage).load()

@@ -67,8 +67,8 @@ def unwrap(obj, where: str) -> dict:
         if inner is None:
             break
         obj = inner
-    if not isinstance(obj, dict):
-        raise WeightsError(f"{where}: expected a state dict, got {type(obj).__name__}")
+    if not isinstance(obj, dict) or not all(isinstance(k, str) for k in obj):
+        raise WeightsError(f"{where}: expected a state dict (names to tensors), got {type(obj).__name__}")
     if obj and all(isinstance(k, str) and k.startswith("module.") for k in obj):
         obj = {k[len("module."):]: v for k, v in obj.items()}
     return obj

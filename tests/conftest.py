@@ -1,5 +1,7 @@
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "weights" / "fixtures"
 REFERENCE = ROOT / "weights" / "reference"
@@ -16,6 +18,16 @@ LAYOUT_SOURCES = {
     "fb-pth": "fb-pth/checkpoint.pth",
     "fb-safetensors": "fb-safetensors/checkpoint.safetensors",
 }
+
+
+def pytest_addoption(parser):
+    parser.addoption("--fuzz-examples", type=int, default=40,
+                     help="hypothesis examples per fuzz test (default 40, bounded for CI)")
+
+
+@pytest.fixture
+def fuzz_examples(request):
+    return request.config.getoption("--fuzz-examples")
 
 
 # case -> max |logits - reference| that the parity tests measured; printed after the run.
