@@ -186,11 +186,17 @@ def save_pretrained(model: ConvNeXt, directory) -> None:
 
 
 def from_pretrained(source, *, revision: str = "main", cache_dir=None, backend: str = "auto") -> ConvNeXt:
-    """Load a ConvNeXt from a local directory or weights file (``shared/api.md``, "Models").
+    """Load a ConvNeXt from a local directory or weights file, or by name (``shared/api.md``).
 
-    ``revision`` and ``cache_dir`` apply to hub names; a local path never touches the network.
+    A local path always wins and never touches the network. A name (hub id, timm name or alias
+    from :mod:`convnext_np.checkpoints`) is resolved from the Hugging Face cache, else
+    downloaded (:func:`convnext_np.hub.resolve`); ``revision`` and ``cache_dir`` apply to names.
     """
     path = Path(os.fspath(source)).expanduser()
     if path.exists():
         return load_local(path, backend=backend)
-    raise WeightsError(f"{source}: no such file or directory (hub names are not resolved yet)")
+    from . import hub  # imported on first use: plain local loading needs no HTTP machinery
+
+    model = load_local(hub.resolve(str(source), revision=revision, cache_dir=cache_dir), backend=backend)
+    model.source = str(source)
+    return model

@@ -117,7 +117,7 @@ def test_convnext_v2_is_named(tmp_path):
 def test_missing_path_and_empty_directory(tmp_path):
     with pytest.raises(cnp.WeightsError, match="no weights found"):
         cnp.from_pretrained(tmp_path)
-    with pytest.raises(cnp.WeightsError, match="no such file"):
+    with pytest.raises(cnp.WeightsError, match="neither an existing local path"):
         cnp.from_pretrained(tmp_path / "nothing-here")
 
 
