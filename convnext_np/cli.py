@@ -1,4 +1,4 @@
-"""The ``convnext-np`` command line: classify, features, convert, info.
+"""The ``convnext-np`` command line: classify, features, convert, info, golden, verify.
 
 Exit status (``shared/api.md``): 0 when every input was handled, 1 when any input failed (the
 others are still reported), 2 for usage errors or a model that cannot be loaded.
@@ -19,6 +19,8 @@ import numpy as np
 from .classify import DEFAULT_MODEL, iter_classify, load_model
 from .config import VARIANTS, ConvNextConfig
 from .errors import ConvNextError, ImageError
+from .golden import add_golden_parser
+from .published import add_verify_parser
 from .summary import stage_rows
 
 EXIT_OK, EXIT_INPUT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -263,6 +265,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=_positive, default=224, help="input height (default: 224)")
     p.add_argument("--width", type=_positive, default=None, help="input width (default: = size)")
     p.add_argument("--backend", default="numpy", help=argparse.SUPPRESS)
+
+    add_golden_parser(sub)
+    add_verify_parser(sub)
     return parser
 
 

@@ -11,9 +11,9 @@ from PIL import Image
 import convnext_np as cnp
 from conftest import FIXTURES
 from convnext_np.preprocess import ImageProcessor, load_rgb
+from convnext_np.testing import PIXEL_ATOL
 
 IMAGES = sorted((Path(__file__).parent / "data" / "images").iterdir())
-PIXEL_ATOL = 1e-5
 
 
 @pytest.mark.parametrize("size, crop_pct", [(224, 0.875), (384, None), (288, 1.0)])

@@ -1,0 +1,253 @@
+"""Published logits of the official checkpoints, as data, and ``verify`` against them.
+
+Every number here was published by someone else (reference spec F): the transformers test
+suite's expected ``logits[0, :3]`` for ``facebook/convnext-tiny-224`` on the COCO val2017
+"two cats" image (000000039769), and the expected slices hard-coded in transformers'
+``convert_convnext_to_pytorch.py`` for every converted checkpoint. The image is not in this
+repository; get it from the transformers repo at ``tests/fixtures/tests_samples/COCO/000000039769.png``
+(the test values) or from http://images.cocodataset.org/val2017/000000039769.jpg (the
+converter values).
+
+Which values judge a checkpoint: the test suite's, where it has any (``kind="test"``), else the
+converter's. A checkpoint passes when its logits meet at least one judged row within that
+row's tolerance; the other rows are printed for information.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .checkpoints import find_checkpoint
+from .errors import ConvNextError
+
+COCO_PNG_PATH = "tests/fixtures/tests_samples/COCO/000000039769.png"  # in the transformers repo
+COCO_PNG = f"{COCO_PNG_PATH} (transformers repo)"
+COCO_JPG = "http://images.cocodataset.org/val2017/000000039769.jpg"
+COCO_SIZE = (640, 480)  # width, height of COCO val2017 000000039769
+HF_TEST = "transformers tests/models/convnext/test_modeling_convnext.py, test_inference_image_classification_head"
+HF_CONVERTER = "transformers src/transformers/models/convnext/convert_convnext_to_pytorch.py"
+
+
+@dataclass(frozen=True)
+class Expected:
+    """One published expectation: ``|logits[0, :k] - logits| <= atol + rtol * |logits|``."""
+
+    checkpoint: str  # Hugging Face hub id
+    logits: tuple  # the expected logits[0, :len(logits)], as published (4 decimals)
+    atol: float
+    rtol: float
+    image: str  # which image, and where to get it
+    source: str  # where the values are published
+    kind: str  # "test" (the transformers test suite) or "converter"
+    preprocessing: str  # how the publisher prepared the image
+    note: str = ""
+
+
+def _converter(checkpoint, fb, logits):
+    return Expected(checkpoint, logits, atol=1e-3, rtol=1e-5, image=COCO_JPG,
+                    source=f"{HF_CONVERTER} (checkpoint {fb})", kind="converter",
+                    preprocessing="ConvNextImageProcessor on the JPEG, 'obtained without center "
+                                  "cropping' (the script's comment)",
+                    note="may not reproduce with today's processor (transformers PR #37460 mentions "
+                         "an AssertionError against these values)")
+
+
+# torch.allclose's default rtol (1e-5) applies wherever a publisher gave only atol.
+PUBLISHED = (
+    Expected("facebook/convnext-tiny-224", (-0.0260, -0.4739, 0.1911), atol=1e-4, rtol=1e-5,
+             image=COCO_PNG, source=f"{HF_TEST}, older version (commit ed7cdc5); the same values "
+                                    "in the TF and Flax tests", kind="test",
+             preprocessing="the PIL feature extractor of facebook/convnext-tiny-224 (224, crop_pct "
+                           "0.875, bicubic): what convnext_np's ImageProcessor reproduces"),
+    Expected("facebook/convnext-tiny-224", (-0.0267, -0.4735, 0.1901), atol=2e-4, rtol=2e-4,
+             image=COCO_PNG, source=f"{HF_TEST}, current version (commit 04d4145)", kind="test",
+             preprocessing="AutoImageProcessor of facebook/convnext-tiny-224, most likely the "
+                           "torchvision backend (inferred, not confirmed)",
+             note="up to 1e-3 from the PIL-pipeline values: a PIL pipeline need not meet it"),
+    # The converter's table (spec F), one row per facebookresearch checkpoint.
+    _converter("facebook/convnext-tiny-224", "convnext_tiny_1k_224_ema", (-0.1210, -0.6605, 0.1918)),
+    _converter("facebook/convnext-small-224", "convnext_small_1k_224_ema", (-0.4473, -0.1847, -0.6365)),
+    _converter("facebook/convnext-base-224", "convnext_base_1k_224_ema", (0.4525, 0.7539, 0.0308)),
+    _converter("facebook/convnext-base-384", "convnext_base_1k_384", (0.3561, 0.6350, -0.0384)),
+    _converter("facebook/convnext-large-224", "convnext_large_1k_224_ema", (0.4174, -0.0989, 0.1489)),
+    _converter("facebook/convnext-large-384", "convnext_large_1k_384", (0.2513, -0.1349, -0.1613)),
+    _converter("facebook/convnext-base-224-22k", "convnext_base_22k_224", (1.2980, 0.3631, -0.1198)),
+    _converter("facebook/convnext-large-224-22k", "convnext_large_22k_224", (1.2963, 0.1227, 0.1723)),
+    _converter("facebook/convnext-xlarge-224-22k", "convnext_xlarge_22k_224", (1.7956, 0.8390, 0.2820)),
+    _converter("facebook/convnext-base-224-22k-1k", "convnext_base_22k_1k_224", (-0.2822, -0.0502, -0.0878)),
+    _converter("facebook/convnext-base-384-22k-1k", "convnext_base_22k_1k_384", (-0.5672, -0.0730, -0.4348)),
+    _converter("facebook/convnext-large-224-22k-1k", "convnext_large_22k_1k_224", (0.2681, 0.2365, 0.6246)),
+    _converter("facebook/convnext-large-384-22k-1k", "convnext_large_22k_1k_384", (-0.2642, 0.3931, 0.5116)),
+    _converter("facebook/convnext-xlarge-224-22k-1k", "convnext_xlarge_22k_1k_224_ema", (-0.6677, -0.1873, -0.8379)),
+    _converter("facebook/convnext-xlarge-384-22k-1k", "convnext_xlarge_22k_1k_384_ema", (-0.7749, -0.2967, -0.6444)),
+)
+
+
+def expectations(name: str, table=PUBLISHED) -> list:
+    """The rows for a checkpoint named by hub id, alias or timm name (empty if none)."""
+    row = find_checkpoint(name)
+    hub_id = row.hf_id if row is not None and row.hf_id else name
+    return [e for e in table if e.checkpoint == hub_id]
+
+
+def judged(rows) -> list:
+    """The rows a verdict rests on: the test suite's if there are any, else the converter's."""
+    tests = [e for e in rows if e.kind == "test"]
+    return tests or list(rows)
+
+
+@dataclass
+class Verification:
+    """``logits[0, :k]`` of one image against one :class:`Expected`."""
+
+    expected: Expected
+    got: np.ndarray  # logits[0, :k], float32
+    diff: np.ndarray  # got - expected
+    allowed: np.ndarray  # atol + rtol * |expected|, per element
+
+    @property
+    def max_abs_diff(self) -> float:
+        return float(np.abs(self.diff).max())
+
+    @property
+    def passed(self) -> bool:
+        return bool((np.abs(self.diff) <= self.allowed).all())
+
+    @property
+    def verdict(self) -> str:
+        return "PASS" if self.passed else "FAIL"
+
+
+def verify(model, image, expected: Expected) -> Verification:
+    """Run ``model`` (loaded) on one image with its own preprocessor; compare with ``expected``."""
+    check_head(model, expected)
+    return compare(model(model.preprocessor([image])).logits[0], expected)
+
+
+def check_head(model, expected: Expected) -> None:
+    """Raise ValueError when ``model``'s head cannot be the checkpoint ``expected`` is for."""
+    row = find_checkpoint(expected.checkpoint)
+    classes = model.config.num_labels
+    if (row is not None and classes != row.num_labels) or classes < len(expected.logits):
+        raise ValueError(f"{model.source}: a head of {classes} classes cannot be {expected.checkpoint}"
+                         + (f" ({row.num_labels} classes)" if row is not None else ""))
+
+
+def compare(logits, expected: Expected) -> Verification:
+    """One image's logits (K,) against ``expected``."""
+    want = np.asarray(expected.logits, dtype=np.float64)
+    got = np.asarray(logits)[:len(want)]
+    return Verification(expected, got, got.astype(np.float64) - want,
+                        expected.atol + expected.rtol * np.abs(want))
+
+
+def _fmt(values, spec="+.4f") -> str:
+    return "[" + ", ".join(f"{v:{spec}}" for v in values) + "]"
+
+
+def _checkpoint_of(path: str) -> str | None:
+    """A hub id read off a Hugging Face cache path (``.../models--facebook--convnext-tiny-224/...``)."""
+    for part in Path(path).parts:
+        if part.startswith("models--"):
+            return part.removeprefix("models--").replace("--", "/")
+    return None
+
+
+# --- the command line (wired into convnext_np.cli) ----------------------------------------------
+def add_verify_parser(subparsers) -> argparse.ArgumentParser:
+    """Add ``convnext-np verify`` to an ``argparse`` subparsers object."""
+    from .classify import DEFAULT_MODEL
+
+    examples = ["convnext-np verify --image 000000039769.png",
+                "convnext-np verify --model facebook/convnext-base-224 --image 000000039769.jpg",
+                "convnext-np verify --model ./convnext-tiny-224 --checkpoint facebook/convnext-tiny-224 "
+                "--image 000000039769.png"]
+    p = subparsers.add_parser(
+        "verify", help="compare a published checkpoint with its published logits",
+        description="Run a published checkpoint on the reference image (COCO val2017 "
+                    "000000039769, 'two cats') and compare logits[0, :3] with the values "
+                    "transformers publishes: its test suite for facebook/convnext-tiny-224, its "
+                    "conversion script for the others. Get the image from the transformers repo, "
+                    f"{COCO_PNG_PATH}, or from {COCO_JPG}.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n" + "\n".join(f"  {e}" for e in examples)
+               + "\n\nexit status: 0 PASS, 1 FAIL, 2 usage error, no published values, or no model")
+    p.add_argument("--model", "-m", default=DEFAULT_MODEL,
+                   help=f"a published checkpoint: hub id, alias, or its local directory (default: {DEFAULT_MODEL})")
+    p.add_argument("--image", "-i", default=None, help="the reference image (000000039769.png or .jpg)")
+    p.add_argument("--checkpoint", default=None,
+                   help="whose published values to use, when --model is a local directory")
+    p.add_argument("--backend", choices=("auto", "numba", "numpy"), default="auto",
+                   help="implementation of the ops (default: auto)")
+    p.set_defaults(func=verify_command)
+    return p
+
+
+def verify_command(args, table=PUBLISHED) -> int:
+    """``convnext-np verify``: 0 PASS, 1 FAIL, 2 no image, no published values or no model."""
+    from .classify import load_model
+
+    if args.image is None:
+        print("convnext-np: error: verify needs --image: the reference image, COCO val2017 "
+              f"000000039769, is the transformers repo's {COCO_PNG_PATH} (or {COCO_JPG})",
+              file=sys.stderr)
+        return 2
+    name = getattr(args, "checkpoint", None) or args.model
+    rows = expectations(name, table)
+    if not rows and Path(name).exists():
+        rows = expectations(_checkpoint_of(name) or "", table)
+    if not rows:
+        known = sorted({e.checkpoint for e in table})
+        print(f"convnext-np: error: no published logits for {name!r}; pass --checkpoint with one "
+              f"of: {', '.join(known)}", file=sys.stderr)
+        return 2
+    try:
+        model = load_model(args.model, backend=args.backend)
+    except (ConvNextError, OSError, ValueError) as e:
+        print(f"convnext-np: error: cannot load model {args.model!r}: {e}", file=sys.stderr)
+        return 2
+    try:
+        for e in rows:
+            check_head(model, e)
+        logits = model(model.preprocessor([args.image])).logits[0]
+    except (ConvNextError, ValueError) as e:
+        print(f"convnext-np: error: {e}", file=sys.stderr)
+        return 2
+
+    from .preprocess import load_rgb
+
+    results = [compare(logits, e) for e in rows]
+    size = load_rgb(args.image).size
+    print(f"verify {rows[0].checkpoint} (model {args.model}, backend {model.backend})")
+    print(f"image {args.image} ({size[0]}x{size[1]})")
+    if size != COCO_SIZE:
+        print(f"  note: COCO 000000039769 is {COCO_SIZE[0]}x{COCO_SIZE[1]}; is this the reference image?")
+    verdict_rows = judged(rows)
+    for r in results:
+        e = r.expected
+        role = "judged" if e in verdict_rows else "info"
+        print(f"\n[{r.verdict}] ({role}) {e.source}")
+        print(f"  preprocessing: {e.preprocessing}")
+        print(f"  logits[0, :{len(e.logits)}] expected {_fmt(e.logits)}")
+        print(f"               got      {_fmt(r.got, '+.6f')}")
+        print(f"               diff     {_fmt(r.diff, '+.1e')}")
+        print(f"  max |diff| {r.max_abs_diff:.2e}; allowed: atol {e.atol:g} + rtol {e.rtol:g} x |expected|")
+        if e.note:
+            print(f"  note: {e.note}")
+    passed = [r for r in results if r.expected in verdict_rows and r.passed]
+    best = min((r for r in results if r.expected in verdict_rows), key=lambda r: r.max_abs_diff)
+    if passed:
+        print(f"\nverdict: PASS: {rows[0].checkpoint} reproduces the published logits "
+              f"(max |diff| {passed[0].max_abs_diff:.2e}, {passed[0].expected.source})")
+        return 0
+    print(f"\nverdict: FAIL: {rows[0].checkpoint} does not reproduce the published logits "
+          f"(closest: max |diff| {best.max_abs_diff:.2e} against {best.expected.source})")
+    if all(e.kind == "converter" for e in verdict_rows):
+        print("  the converter computed its values on the JPEG without centre cropping; they may "
+              "not reproduce with any standard preprocessing")
+    return 1

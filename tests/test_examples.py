@@ -1,0 +1,143 @@
+"""The docs can't rot: every example script runs, the figures render, and what the docs state
+about the code (the `info` table, the weights crosswalk, the porting snippet) is checked here."""
+
+import io
+import json
+import os
+import re
+import subprocess
+import sys
+from contextlib import redirect_stdout
+
+import numpy as np
+from PIL import Image
+
+import convnext_np as cnp
+from conftest import ROOT
+from convnext_np import backends, golden, weights
+from convnext_np.cli import main
+from convnext_np.summary import stage_rows
+
+DOCS = ROOT / "docs"
+EXAMPLES = DOCS / "examples"
+
+
+# One BLAS thread: on a busy machine OpenBLAS's threads spin, and a 2 s script takes 20.
+SERIAL = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+def run_script(path, *args, cwd):
+    """Run a script as a user would, from a directory that is not the repository."""
+    done = subprocess.run([sys.executable, str(path), *map(str, args)], cwd=cwd, capture_output=True,
+                          text=True, timeout=120, env=SERIAL)
+    assert done.returncode == 0, f"{path.name} exited {done.returncode}:\n{done.stdout}\n{done.stderr}"
+    return done.stdout
+
+
+def test_every_example_is_tested():
+    assert sorted(p.name for p in EXAMPLES.glob("*.py")) == [
+        "classify_image.py", "export_golden.py", "extract_features.py", "switch_backends.py"]
+
+
+def test_classify_image(tmp_path):
+    out = run_script(EXAMPLES / "classify_image.py", cwd=tmp_path)
+    ranks = re.findall(r"^\s+(\d)\.\s+([\d.]+)%\s+LABEL_(\d)", out, re.M)
+    assert [r[0] for r in ranks] == ["1", "2", "3", "4", "5"]
+    scores = [float(r[1]) for r in ranks]
+    assert scores == sorted(scores, reverse=True) and 0 < sum(scores) <= 100.01
+
+
+def test_extract_features(tmp_path):
+    out = run_script(EXAMPLES / "extract_features.py", cwd=tmp_path)
+    assert "stage4   (3, 44, 7, 7)" in out and "pooled   (3, 44)" in out
+    diagonal = re.findall(r"^\s+chelsea\s+([\d.]+)", out, re.M)
+    assert diagonal == ["1.000"]
+
+
+def test_switch_backends(tmp_path):
+    out = run_script(EXAMPLES / "switch_backends.py", cwd=tmp_path)
+    assert re.search(r"^numpy\s+[\d.]+ ms\s+max \|logits - numpy\| 0\.00e\+00\s+agrees$", out, re.M)
+    for name in backends.BACKENDS:
+        assert re.search(rf"^{name}\s", out, re.M), name  # each registered backend ran or said why not
+
+
+def test_export_golden(tmp_path):
+    out = run_script(EXAMPLES / "export_golden.py", "--out", tmp_path / "bundle", cwd=tmp_path)
+    assert "verdict: PASS" in out
+    manifest = json.loads((tmp_path / "bundle" / "manifest.json").read_text())
+    assert [i["name"] for i in manifest["images"]] == ["chelsea.png", "camera.png"]
+    assert golden.check_bundle(tmp_path / "bundle").ok
+
+
+def test_make_figures(tmp_path):
+    out = run_script(DOCS / "make_figures.py", "--out", tmp_path, cwd=tmp_path)
+    for name in ("stages.png", "feature_maps.png"):
+        path = tmp_path / name
+        assert name in out and path.stat().st_size < 300_000
+        with Image.open(path) as image:
+            assert image.format == "PNG" and min(image.size) >= 800
+        committed = DOCS / "figures" / name
+        assert committed.is_file() and committed.stat().st_size < 300_000
+
+
+def test_architecture_doc_pastes_the_info_output():
+    text = (DOCS / "architecture.md").read_text(encoding="utf-8")
+    block = re.search(r"```console\n\$ convnext-np info tiny\n(.*?)```", text, re.S)
+    assert block, "docs/architecture.md must show `$ convnext-np info tiny` and its output"
+    buffer = io.StringIO()
+    with redirect_stdout(buffer):
+        assert main(["info", "tiny"]) == 0
+    assert block.group(1) == buffer.getvalue()
+    # The per-block formula the doc derives, against the stage rows.
+    stage1 = stage_rows(cnp.ConvNextConfig.from_variant("tiny"))[1]
+    assert "8C² + 58C" in text and stage1["params"] == 3 * (8 * 96 ** 2 + 58 * 96)
+    assert "H·W·C·(49 + 8C)" in text and stage1["macs"] == 3 * 56 * 56 * 96 * (49 + 8 * 96)
+
+
+def crosswalk_rows():
+    text = (DOCS / "weights.md").read_text(encoding="utf-8")
+    section = text.split("## The crosswalk")[1].split("\n## ")[0]
+    rows = []
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 7 and cells[1].startswith("`"):
+            rows.append([c.strip("`") for c in cells])
+    return rows
+
+
+def test_weights_crosswalk_is_true_to_the_code():
+    rows = crosswalk_rows()
+    config = cnp.ConvNextConfig.from_variant("tiny")  # the doc's shapes: tiny, s = 2, K = 1000
+    table = {name: (path, shape) for path, name, shape in weights.param_table(config)}
+    for part, hf, timm, fb, torch_shape, ours, our_shape in rows:
+        key = lambda k: k.format(s=2, b=0)  # noqa: E731
+        name = key(hf)
+        assert name in table, (part, name)
+        path, shape = table[name]
+        assert str(shape) == torch_shape, part
+        tree = ".".join(f"[{p}]" if isinstance(p, int) else p for p in path).replace(".[", "[")
+        assert tree == key(ours), part
+        assert str(weights.torch_to_ours(name, np.zeros(shape, np.float32)).shape) == our_shape, part
+        for scheme, k in (("timm", timm), ("fb", fb), ("hf", hf)):
+            assert list(weights.to_hf_names({key(k): np.zeros(shape)}, scheme, "doc")) == [name], (scheme, k)
+    assert len(rows) == 21  # every kind of tensor: 4 stem, 4 downsampling, 9 block, 4 head
+
+
+def test_porting_doc_snippet_runs(tmp_path):
+    text = (DOCS / "porting.md").read_text(encoding="utf-8")
+    code = re.search(r"## 3\. In Python.*?```python\n(.*?)```", text, re.S).group(1)
+    model = cnp.from_pretrained(ROOT / "weights" / "fixtures" / "hf-safetensors")
+    images = [ROOT / "tests" / "data" / "images" / n for n in ("coffee.png", "logo.png")]
+    golden.write_bundle([str(p) for p in images], model, tmp_path)
+
+    def my_port(pixel_values):
+        out = model(pixel_values, output_hidden_states=True)
+        return {**{f"hidden_states.{i}": h for i, h in enumerate(out.hidden_states)},
+                "pooled": out.pooled, "logits": out.logits}
+
+    code = code.replace('Path("golden/tiny")', f"Path({str(tmp_path)!r})")
+    buffer = io.StringIO()
+    with redirect_stdout(buffer):
+        exec(compile(code, "docs/porting.md", "exec"), {"my_port": my_port})
+    out = buffer.getvalue()
+    assert out.rstrip().endswith("PASS") and out.count(" ok") == 7, out
