@@ -1,15 +1,17 @@
 """Which implementation of :mod:`convnext_np.ops` runs the forward pass.
 
-A backend is a module with the functions of :mod:`convnext_np.ops`. They are imported on first
-use, so ``import convnext_np`` compiles nothing. ``"auto"`` takes the first of ``PREFERENCE``
-that imports; the ``CONVNEXT_NP_BACKEND`` environment variable sets what ``"auto"`` means.
+A backend is a module with the functions of :mod:`convnext_np.ops` (and optionally a fused
+``block`` with the signature of :func:`convnext_np.model.block`). They are imported on first use,
+so ``import convnext_np`` imports no Numba and compiles nothing. ``"auto"`` takes the first of
+``PREFERENCE`` that imports (Numba missing or broken: NumPy); the ``CONVNEXT_NP_BACKEND``
+environment variable sets what ``"auto"`` means.
 """
 
 import importlib
 import os
 
-BACKENDS = {"numpy": "convnext_np.ops"}
-PREFERENCE = ("numpy",)
+BACKENDS = {"numba": "convnext_np.kernels", "numpy": "convnext_np.ops"}
+PREFERENCE = ("numba", "numpy")
 
 
 def resolve(name: str = "auto") -> str:
@@ -20,7 +22,7 @@ def resolve(name: str = "auto") -> str:
         for candidate in PREFERENCE:
             try:
                 get(candidate)
-            except ImportError:
+            except Exception:  # not installed, or installed but broken (a bad llvmlite, say)
                 continue
             return candidate
     if name not in BACKENDS:

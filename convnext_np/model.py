@@ -54,13 +54,17 @@ def head(x, norm_w, norm_b, fc_w=None, fc_b=None, *, eps, ops):
 
 def forward(params, x, *, eps, head_eps, ops):
     """[N, H, W, 3] -> (hidden states: stem and 4 stages, pooled, logits), channels-last."""
-    x = stem(x, **params["stem"], eps=eps, ops=ops)
+    # A backend may fuse a whole layer, same signature (kernels.stem, .downsample and .block do).
+    stem_ = getattr(ops, "stem", stem)
+    downsample_ = getattr(ops, "downsample", downsample)
+    block_ = getattr(ops, "block", block)
+    x = stem_(x, **params["stem"], eps=eps, ops=ops)
     hidden = [x]
     for stage in params["stages"]:
         if stage["downsample"] is not None:
-            x = downsample(x, **stage["downsample"], eps=eps, ops=ops)
+            x = downsample_(x, **stage["downsample"], eps=eps, ops=ops)
         for p in stage["blocks"]:
-            x = block(x, **p, eps=eps, ops=ops)
+            x = block_(x, **p, eps=eps, ops=ops)
         hidden.append(x)
     pooled, logits = head(x, **params["head"], eps=head_eps, ops=ops)
     return hidden, pooled, logits

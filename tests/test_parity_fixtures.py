@@ -40,16 +40,24 @@ def check_against(model, ref: SafetensorsFile, x, i, label, hidden=True):
     return diff
 
 
+BACKENDS = ["numpy", "numba"]  # the NumPy reference and the Numba fast path, held to one standard
+
+
+def case(label, backend):
+    return label if backend == "numpy" else f"{label} [{backend}]"
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("layout", sorted(LAYOUT_SOURCES))
-def test_micro_fixture_matches_reference(layout):
-    model = cnp.from_pretrained(FIXTURES / LAYOUT_SOURCES[layout], backend="numpy")
+def test_micro_fixture_matches_reference(layout, backend):
+    model = cnp.from_pretrained(FIXTURES / LAYOUT_SOURCES[layout], backend=backend)
     ref = SafetensorsFile(FIXTURES / layout / "reference.safetensors")
     meta = json.loads((FIXTURES / layout / "reference.json").read_text())
     assert model.config.num_labels == 10 and model.config.depths == [2, 1, 3, 1]
     for i, spec in enumerate(meta["inputs"]):
         x = ref.tensor(f"input{i}.pixel_values")
         assert x.shape == tuple(spec["shape"])
-        check_against(model, ref, x, i, f"micro {layout}")
+        check_against(model, ref, x, i, case(f"micro {layout}", backend))
 
 
 @pytest.mark.parametrize("layout", ["hf-safetensors", "timm", "timm-conv-mlp"])
@@ -78,15 +86,16 @@ def full_size(request, tmp_path_factory):
     return request.param, meta, path
 
 
-def test_full_size_variant_matches_reference(full_size):
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_full_size_variant_matches_reference(full_size, backend):
     name, meta, path = full_size
-    model = cnp.from_pretrained(path, backend="numpy")
+    model = cnp.from_pretrained(path, backend=backend)
     assert model.config.variant() == meta["variant"]
     ref = SafetensorsFile(REFERENCE / f"{name}.safetensors")
     for i, spec in enumerate(meta["inputs"]):
         x = random_pixels(spec["shape"], spec["seed"])
         assert float(x.astype(np.float64).sum()) == pytest.approx(spec["sum"], rel=1e-12)
-        check_against(model, ref, x, i, name, hidden=False)
+        check_against(model, ref, x, i, case(name, backend), hidden=False)
 
 
 def test_the_fixtures_would_catch_a_tanh_gelu(full_size, monkeypatch):

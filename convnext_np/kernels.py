@@ -1,0 +1,709 @@
+"""The Numba fast path (``backend="numba"``): the ops of :mod:`convnext_np.ops`, and fused layers.
+
+Every public function has the signature of its twin: those of :mod:`convnext_np.ops`, and for
+the fused ``stem``, ``downsample`` and ``block`` those of :mod:`convnext_np.model`, whose
+compositions of the NumPy ops are their twins. A public function checks its inputs and lays out
+memory; the private ``@njit`` kernel it calls only computes. ``tests/test_kernels.py`` holds each
+one to its twin; ``docs/kernels.md`` explains the design and what was measured.
+
+Threading: one pool, Numba's (``NUMBA_NUM_THREADS``; ``OMP_NUM_THREADS`` when only that is set).
+Each parallel kernel splits its rows among the threads, or its output columns when there are too
+few rows, and every GEMM runs inside one of those threads on single-threaded BLAS (scipy's,
+through Numba's own ``numba_xxgemm``), so no BLAS worker ever spins against them (the trap in
+perf-notes). No ``fastmath`` beyond FMA contraction and, in the LayerNorm sums, reassociation:
+both change results by float32 rounding only.
+
+Importing this module imports Numba and compiles nothing: each kernel compiles, or loads from
+Numba's on-disk cache, on first use.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+
+import numba
+import numpy as np
+import scipy.linalg.cython_blas  # noqa: F401  (what numba_xxgemm calls; ImportError -> no backend)
+from numba import njit, prange, types
+from numba.extending import overload
+from numba.np.linalg import ensure_blas
+
+if "OMP_NUM_THREADS" in os.environ and "NUMBA_NUM_THREADS" not in os.environ:
+    try:
+        numba.set_num_threads(max(1, min(int(os.environ["OMP_NUM_THREADS"]),
+                                         numba.config.NUMBA_NUM_THREADS)))
+    except ValueError:
+        pass
+
+_F32 = np.float32
+# error_model="numpy": x / 0 is inf, not an exception, so loops with a division vectorise.
+_JIT = dict(cache=True, nogil=True, error_model="numpy")
+_CONTRACT = {"contract"}  # a * b + c may become one FMA (more exact, not less)
+_REASSOC = {"contract", "reassoc"}  # sums may be reordered, so the LayerNorm reductions vectorise
+
+# Work decomposition (docs/kernels.md has the measurements behind these numbers).
+TALL_MIN_ROWS = 256  # rows per thread below which a layer splits its output columns instead
+TILE_FLOATS = 1 << 21  # a row tile's widest scratch (tile rows x 4C) holds at most this many floats
+MIN_TILE_ROWS = 32
+CHUNK = 1 << 14  # elements per task of the purely elementwise kernels
+
+
+# --- BLAS ---------------------------------------------------------------------------------------
+
+_xxgemm = types.ExternalFunction("numba_xxgemm", types.intc(
+    types.char, types.char, types.char, types.intp, types.intp, types.intp,
+    types.CPointer(types.float32), types.CPointer(types.float32), types.intp,
+    types.CPointer(types.float32), types.intp, types.CPointer(types.float32),
+    types.CPointer(types.float32), types.intp))
+
+
+def _sgemm(a, b, c):
+    """``c[...] = a @ b`` for 2-D float32 views whose rows are contiguous (strided rows are fine).
+
+    This body runs under ``NUMBA_DISABLE_JIT``; compiled code calls BLAS ``sgemm`` directly (below),
+    in the calling thread, with the views' own leading dimensions, so column blocks need no copy.
+    """
+    np.matmul(a, b, out=c)
+
+
+@overload(_sgemm)
+def _sgemm_jit(a, b, c):
+    ensure_blas()
+    kind, notrans = ord("s"), ord("n")
+
+    def impl(a, b, c):
+        m, k = a.shape
+        n = b.shape[1]
+        if m == 0 or n == 0:
+            return
+        coef = np.array([1.0, 0.0], dtype=np.float32)  # alpha, beta
+        # Row-major c = a @ b is column-major c^T = b^T a^T: swap the operands.
+        _xxgemm(kind, notrans, notrans, n, m, k, coef.ctypes, b.ctypes, b.strides[0] // 4,
+                a.ctypes, a.strides[0] // 4, coef[1:].ctypes, c.ctypes, c.strides[0] // 4)
+
+    return impl
+
+
+def _blas_thread_api():
+    """(get, set) for the thread count of the BLAS behind scipy (OpenBLAS), or None."""
+    try:
+        lib = ctypes.CDLL(scipy.linalg.cython_blas.__file__)  # dlsym searches its dependencies
+    except OSError:
+        return None
+    for prefix in ("scipy_openblas", "openblas"):
+        get = getattr(lib, f"{prefix}_get_num_threads", None)
+        put = getattr(lib, f"{prefix}_set_num_threads", None)
+        if get is not None and put is not None:
+            put.argtypes = [ctypes.c_int]
+            return get, put
+    return None
+
+
+_BLAS_THREADS = _blas_thread_api()
+
+
+@contextlib.contextmanager
+def _single_threaded_blas():
+    """BLAS calls made inside our threads run in those threads only; restored on exit.
+
+    Only scipy's BLAS changes (NumPy bundles a separate copy, which keeps its threads). Costs
+    about a microsecond.
+    """
+    if _BLAS_THREADS is None:
+        yield
+        return
+    get, put = _BLAS_THREADS
+    previous = get()
+    if previous != 1:
+        put(1)
+    try:
+        yield
+    finally:
+        if previous != 1:
+            put(previous)
+
+
+# --- Scalar and row helpers (compiled into the kernels that call them) ---------------------------
+
+# GELU(x) = x Phi(x) = max(x, 0) - |x| Q(|x|), Q(a) = P(Z > a) = erfc(a / sqrt 2) / 2, with erfc
+# by Abramowitz & Stegun 7.1.26, as in ops.gelu. exp(-z^2) is evaluated here as 2^-k e^r
+# (Cody-Waite reduction, the Cephes expf polynomial) so that the loop vectorises: math.exp is a
+# libm call per element (1.6 ns per element alone, against 0.31 for this whole GELU). Past
+# |x| = 5.5, |x| Q(|x|) < 1.1e-7 and is taken as 0, which keeps 2^k within an int32 shift.
+# Within 3.3e-7 of float64 x Phi(x) (scipy's float32 erf in the same formula: 4.5e-7).
+_SQRT1_2 = _F32(0.7071067811865476)
+_AS_P = _F32(0.3275911)
+_AS_A1, _AS_A2, _AS_A3, _AS_A4, _AS_A5 = (_F32(v) for v in (0.254829592, -0.284496736, 1.421413741,
+                                                            -1.453152027, 1.061405429))
+_TAIL_CUTOFF = _F32(5.5)
+_LOG2E = _F32(1.4426950408889634)
+_LN2_HI, _LN2_LO = _F32(0.693359375), _F32(-2.12194440e-4)
+_E0, _E1, _E2, _E3, _E4, _E5 = (_F32(v) for v in (1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3,
+                                                  4.1665795894e-2, 1.6666665459e-1, 5.0000001201e-1))
+_TWO_M24 = _F32(2.0 ** -24)
+_ZERO, _HALF, _ONE = _F32(0.0), _F32(0.5), _F32(1.0)
+
+
+@njit(inline="always", fastmath=_CONTRACT, **_JIT)
+def _gelu1(v):
+    a = abs(v)
+    z = min(a, _TAIL_CUTOFF) * _SQRT1_2
+    u = z * z  # exp(-u) = 2^-k e^r, u = k ln2 - r, |r| <= ln2 / 2, k in [0, 22]
+    k = np.floor(u * _LOG2E + _HALF)
+    r = (k * _LN2_HI - u) + k * _LN2_LO
+    er = ((((((_E0 * r + _E1) * r + _E2) * r + _E3) * r + _E4) * r + _E5) * (r * r) + r) + _ONE
+    two_mk = _F32(np.int32(1) << (np.int32(24) - np.int32(k))) * _TWO_M24
+    t = _ONE / (_ONE + _AS_P * z)
+    q = _HALF * t * (_AS_A1 + t * (_AS_A2 + t * (_AS_A3 + t * (_AS_A4 + t * _AS_A5)))) * (er * two_mk)
+    if a > _TAIL_CUTOFF:
+        q = _ZERO
+    return max(v, _ZERO) - a * q
+
+
+# The loops below are written the way LLVM vectorises them: innermost over a 1-D slice from 0
+# (``h[r, c0:c1]``). The same loop over ``range(c0, c1)`` on 2-D indices compiled to scalar code:
+# 4.2 ns/element for bias + GELU against 0.31 (measured on the tiny's 256 x 384 tiles).
+
+@njit(fastmath=_CONTRACT, **_JIT)
+def _bias_gelu(h, r0, r1, c0, c1, b):
+    """h[r0:r1, c0:c1] = gelu(h + b[c0:c1]), in place."""
+    bias = b[c0:c1]
+    for r in range(r0, r1):
+        row = h[r, c0:c1]
+        for c in range(c1 - c0):
+            row[c] = _gelu1(row[c] + bias[c])
+
+
+@njit(fastmath=_CONTRACT, **_JIT)
+def _residual(x2, o, o_row0, r0, r1, c0, c1, gamma, b2, out2):
+    """out2[r, c] = x2[r, c] + gamma[c] (o[r - o_row0, c] + b2[c]): fc2's bias, layer scale, residual."""
+    g, bias = gamma[c0:c1], b2[c0:c1]
+    for r in range(r0, r1):
+        xr, orow, dst = x2[r, c0:c1], o[r - o_row0, c0:c1], out2[r, c0:c1]
+        for c in range(c1 - c0):
+            dst[c] = xr[c] + g[c] * (orow[c] + bias[c])
+
+
+@njit(fastmath=_CONTRACT, **_JIT)
+def _add_bias(y, r0, r1, c0, c1, b):
+    bias = b[c0:c1]
+    for r in range(r0, r1):
+        row = y[r, c0:c1]
+        for c in range(c1 - c0):
+            row[c] += bias[c]
+
+
+@njit(fastmath=_REASSOC, **_JIT)
+def _layer_norm_rows(v, r0, r1, w, b, eps, out):
+    """out[r] = LayerNorm(v[r]) over channels for r0 <= r < r1 (out may be v); biased variance."""
+    nc = v.shape[1]
+    inv_c = _ONE / _F32(nc)
+    for r in range(r0, r1):
+        src, dst = v[r], out[r]
+        s = _ZERO
+        for c in range(nc):
+            s += src[c]
+        mean = s * inv_c
+        s = _ZERO
+        for c in range(nc):
+            d = src[c] - mean
+            s += d * d
+        rstd = _ONE / np.sqrt(s * inv_c + eps)
+        for c in range(nc):
+            dst[c] = (src[c] - mean) * rstd * w[c] + b[c]
+
+
+# Depthwise conv. The 7x7 path keeps the 7 input rows that an output row needs in a ring of
+# zero-padded rows (7, W + 6, C), one new row copied per output row, so that every tap is
+# branch-free; it then sweeps each kernel row over pairs of output pixels, channels innermost:
+# a pair shares the 7 weight vectors and 6 of its 8 input vectors. Single thread, one row of
+# the tiny's stages: 27-37 GMAC/s, against 12-24 for taps-outer loops over the unpadded input
+# (3 loads and a store per multiply-add), 8-25 for 4-pixel blocks (register spills) and 10-22
+# for all 49 taps unrolled per pixel (the weights, 49 C-vectors, then stream from L2).
+# Taps accumulate in ops.depthwise_conv's order: bias, then kernel row by row.
+
+@njit(**_JIT)
+def _ring_load(x, n, hh, ring, slot):
+    """ring[slot, 3:W+3] = x[n, hh] (zeros outside the image); the 3 + 3 border columns stay 0."""
+    width, nc = x.shape[2], x.shape[3]
+    if 0 <= hh < x.shape[1]:
+        for w in range(width):
+            for c in range(nc):
+                ring[slot, w + 3, c] = x[n, hh, w, c]
+    else:
+        for w in range(width):
+            for c in range(nc):
+                ring[slot, w + 3, c] = _ZERO
+
+
+@njit(fastmath=_CONTRACT, **_JIT)
+def _dw7_row(ring, h, w0, w1, wt, bias, out, o0):
+    """out[o0 + i] = 7x7 depthwise conv at output pixels (h, w0 + i) from the ring, i < w1 - w0."""
+    nc = ring.shape[2]
+    for i in range(w1 - w0):
+        for c in range(nc):
+            out[o0 + i, c] = bias[c]
+    for di in range(7):
+        r = (h + di) % 7  # ring slot of input row h + di - 3
+        for ww in range(w0, w1 - 1, 2):
+            o = o0 + ww - w0
+            for c in range(nc):
+                k0, k1, k2, k3 = wt[di, 0, c], wt[di, 1, c], wt[di, 2, c], wt[di, 3, c]
+                k4, k5, k6 = wt[di, 4, c], wt[di, 5, c], wt[di, 6, c]
+                x0, x1, x2, x3 = ring[r, ww, c], ring[r, ww + 1, c], ring[r, ww + 2, c], ring[r, ww + 3, c]
+                x4, x5, x6, x7 = ring[r, ww + 4, c], ring[r, ww + 5, c], ring[r, ww + 6, c], ring[r, ww + 7, c]
+                s = out[o, c]
+                s += x0 * k0
+                s += x1 * k1
+                s += x2 * k2
+                s += x3 * k3
+                s += x4 * k4
+                s += x5 * k5
+                s += x6 * k6
+                out[o, c] = s
+                s = out[o + 1, c]
+                s += x1 * k0
+                s += x2 * k1
+                s += x3 * k2
+                s += x4 * k3
+                s += x5 * k4
+                s += x6 * k5
+                s += x7 * k6
+                out[o + 1, c] = s
+        if (w1 - w0) % 2:
+            ww = w1 - 1
+            o = o0 + ww - w0
+            for c in range(nc):
+                s = out[o, c]
+                s += ring[r, ww, c] * wt[di, 0, c]
+                s += ring[r, ww + 1, c] * wt[di, 1, c]
+                s += ring[r, ww + 2, c] * wt[di, 2, c]
+                s += ring[r, ww + 3, c] * wt[di, 3, c]
+                s += ring[r, ww + 4, c] * wt[di, 4, c]
+                s += ring[r, ww + 5, c] * wt[di, 5, c]
+                s += ring[r, ww + 6, c] * wt[di, 6, c]
+                out[o, c] = s
+
+
+@njit(fastmath=_CONTRACT, **_JIT)
+def _dw_generic_row(x, n, h, w0, w1, wt, bias, out, o0):
+    """Any odd kernel size k, zero padding k // 2: the same sums, taps outermost (slower)."""
+    height, width, nc = x.shape[1], x.shape[2], x.shape[3]
+    k = wt.shape[0]
+    pad = k // 2
+    for i in range(w1 - w0):
+        dst = out[o0 + i]
+        for c in range(nc):
+            dst[c] = bias[c]
+    for di in range(k):
+        hh = h + di - pad
+        if hh < 0 or hh >= height:
+            continue
+        for dj in range(k):
+            d = dj - pad
+            kv = wt[di, dj]
+            for ww in range(max(w0, -d), min(w1, width - d)):
+                dst, src = out[o0 + ww - w0], x[n, hh, ww + d]
+                for c in range(nc):
+                    dst[c] += src[c] * kv[c]
+
+
+@njit(**_JIT)
+def _dwconv_span(x, p0, p1, wt, bias, ln_w, ln_b, eps, out, o0):
+    """out[o0 + i] = dwconv(x) at flat pixel p0 + i of x (N, H, W, C), i < p1 - p0; LayerNorm'd
+    over channels too when ``ln_w`` is not empty.
+
+    Each image row is convolved into a row buffer, then normalised from there into ``out`` (an
+    in-place LayerNorm does not vectorise: 0.85 ns/element against 0.23).
+    """
+    height, width, nc = x.shape[1], x.shape[2], x.shape[3]
+    seven = wt.shape[0] == 7
+    norm = ln_w.shape[0] > 0
+    ring = np.zeros((7 if seven else 1, width + 6, nc), np.float32)
+    row = np.empty((width, nc), np.float32)
+    last_n, last_h = -1, -1
+    p = p0
+    while p < p1:
+        n = p // (height * width)
+        h = (p - n * height * width) // width
+        w0 = p - (n * height + h) * width
+        w1 = min(width, w0 + p1 - p)
+        dst, d0 = (row, 0) if norm else (out, o0 + p - p0)
+        if not seven:
+            _dw_generic_row(x, n, h, w0, w1, wt, bias, dst, d0)
+        else:
+            if n == last_n and h == last_h + 1:  # slide: one new input row, h + 3
+                _ring_load(x, n, h + 3, ring, (h + 6) % 7)
+            else:
+                for di in range(7):
+                    _ring_load(x, n, h + di - 3, ring, (h + di) % 7)
+            _dw7_row(ring, h, w0, w1, wt, bias, dst, d0)
+        if norm:
+            _layer_norm_rows(row, 0, w1 - w0, ln_w, ln_b, eps, out[o0 + p - p0:o0 + p - p0 + w1 - w0])
+        last_n, last_h = n, h
+        p += w1 - w0
+
+
+@njit(**_JIT)
+def _split(n, parts, t, align):
+    """[start, stop) of part t of range(n) cut into ``parts`` pieces, boundaries multiples of align."""
+    step = -(-n // (parts * align)) * align
+    return min(n, t * step), min(n, (t + 1) * step)
+
+
+# --- Parallel kernels ---------------------------------------------------------------------------
+
+@njit(parallel=True, **_JIT)
+def _block_tall(x, dw_w, dw_b, ln_w, ln_b, eps, w1, b1, w2, b2, gamma, ntasks, threads, out):
+    """The whole block on tiles of rows, each tile start to finish in one thread.
+
+    Fuses: dwconv + LayerNorm (one pass into the tile's fc1 input), fc1 GEMM, bias + GELU (in
+    place, while the tile is in cache), fc2 GEMM, bias + layer scale + residual (one pass).
+    """
+    n, height, width, nc = x.shape
+    m = n * height * width
+    c4 = w1.shape[1]
+    x2, out2 = x.reshape(m, nc), out.reshape(m, nc)
+    rows = -(-m // ntasks)  # the largest tile
+    per = ntasks // threads
+    for thread in prange(threads):  # consecutive tiles per thread; scratch allocated once
+        a = np.empty((rows, nc), np.float32)
+        hid = np.empty((rows, c4), np.float32)
+        o = np.empty((rows, nc), np.float32)
+        for t in range(thread * per, (thread + 1) * per):
+            r0, r1 = t * m // ntasks, (t + 1) * m // ntasks
+            mt = r1 - r0
+            _dwconv_span(x, r0, r1, dw_w, dw_b, ln_w, ln_b, eps, a, 0)
+            _sgemm(a[:mt], w1, hid[:mt])
+            _bias_gelu(hid, 0, mt, 0, c4, b1)
+            _sgemm(hid[:mt], w2, o[:mt])
+            _residual(x2, o, r0, r0, r1, 0, nc, gamma, b2, out2)
+
+
+@njit(parallel=True, **_JIT)
+def _block_wide(x, dw_w, dw_b, ln_w, ln_b, eps, w1, b1, w2, b2, gamma, parts, out):
+    """The block for few rows (late stages, small batches): GEMMs split by output columns.
+
+    Three parallel phases: dwconv + LayerNorm by image rows; fc1 + bias + GELU by column blocks
+    of 4C; fc2 + bias + layer scale + residual by column blocks of C. Each thread then reads only
+    its share of the weights, which dominate at these sizes.
+    """
+    n, height, width, nc = x.shape
+    m = n * height * width
+    c4 = w1.shape[1]
+    x2, out2 = x.reshape(m, nc), out.reshape(m, nc)
+    a = np.empty((m, nc), np.float32)
+    hid = np.empty((m, c4), np.float32)
+    o = np.empty((m, nc), np.float32)
+    rows = n * height
+    tasks = min(rows, parts)
+    for t in prange(tasks):  # contiguous image rows per task: the ring slides instead of refilling
+        p0, p1 = (t * rows // tasks) * width, ((t + 1) * rows // tasks) * width
+        _dwconv_span(x, p0, p1, dw_w, dw_b, ln_w, ln_b, eps, a, p0)
+    for t in prange(parts):
+        c0, c1 = _split(c4, parts, t, 16)
+        if c0 < c1:
+            _sgemm(a, w1[:, c0:c1], hid[:, c0:c1])
+            _bias_gelu(hid, 0, m, c0, c1, b1)
+    for t in prange(parts):
+        c0, c1 = _split(nc, parts, t, 16)
+        if c0 < c1:
+            _sgemm(hid, w2[:, c0:c1], o[:, c0:c1])
+            _residual(x2, o, 0, 0, m, c0, c1, gamma, b2, out2)
+
+
+@njit(parallel=True, **_JIT)
+def _linear_tall(x2, w, b, ntasks, out):
+    m = x2.shape[0]
+    for t in prange(ntasks):
+        r0, r1 = t * m // ntasks, (t + 1) * m // ntasks
+        _sgemm(x2[r0:r1], w, out[r0:r1])
+        _add_bias(out, r0, r1, 0, out.shape[1], b)
+
+
+@njit(parallel=True, **_JIT)
+def _linear_wide(x2, w, b, parts, out):
+    for t in prange(parts):
+        c0, c1 = _split(out.shape[1], parts, t, 16)
+        if c0 < c1:
+            _sgemm(x2, w[:, c0:c1], out[:, c0:c1])
+            _add_bias(out, 0, out.shape[0], c0, c1, b)
+
+
+@njit(fastmath=_REASSOC, **_JIT)
+def _gather_patches(x, patch, p0, p1, pre_w, pre_b, eps, a, a0):
+    """a[a0 + i] = the (kh, kw, c) patch of output pixel p0 + i (flat over N, H//patch, W//patch),
+    the rows of ops.patchify; with ``pre_w`` not empty, each input pixel is LayerNorm'd first."""
+    ci = x.shape[3]
+    ho, wo = x.shape[1] // patch, x.shape[2] // patch
+    norm = pre_w.shape[0] > 0
+    inv_c = _ONE / _F32(ci)
+    for q in range(p1 - p0):
+        n = (p0 + q) // (ho * wo)
+        i = (p0 + q - n * ho * wo) // wo
+        j = p0 + q - (n * ho + i) * wo
+        for kh in range(patch):
+            for kw in range(patch):
+                src = x[n, i * patch + kh, j * patch + kw]
+                dst = a[a0 + q, (kh * patch + kw) * ci:(kh * patch + kw + 1) * ci]
+                if norm:
+                    s = _ZERO
+                    for c in range(ci):
+                        s += src[c]
+                    mean = s * inv_c
+                    s = _ZERO
+                    for c in range(ci):
+                        d = src[c] - mean
+                        s += d * d
+                    rstd = _ONE / np.sqrt(s * inv_c + eps)
+                    for c in range(ci):
+                        dst[c] = (src[c] - mean) * rstd * pre_w[c] + pre_b[c]
+                else:
+                    for c in range(ci):
+                        dst[c] = src[c]
+
+
+@njit(parallel=True, **_JIT)
+def _patch_linear(x, patch, pre_w, pre_b, pre_eps, w, b, post_w, post_b, post_eps, tall, tasks, threads,
+                  out2):
+    """out2 = [LN_post](patches([LN_pre](x)) @ w + b): ops.patchify, the stem (LN after) and the
+    downsampling layers (LN before), without the patch matrix or the LayerNorm's output ever
+    existing whole. Each LayerNorm is skipped when its weight is empty.
+
+    ``tall``: tiles of output pixels, each gathered, multiplied and finished in one thread.
+    Otherwise (few pixels) all patches are gathered first, and the GEMM splits its columns.
+    """
+    m, co, k = out2.shape[0], out2.shape[1], w.shape[0]
+    post = post_w.shape[0] > 0
+    if tall:
+        rows = -(-m // tasks)
+        per = tasks // threads
+        for thread in prange(threads):
+            a = np.empty((rows, k), np.float32)
+            y = np.empty((rows if post else 0, co), np.float32)
+            for t in range(thread * per, (thread + 1) * per):
+                r0, r1 = t * m // tasks, (t + 1) * m // tasks
+                _gather_patches(x, patch, r0, r1, pre_w, pre_b, pre_eps, a, 0)
+                if post:  # bias, then LayerNorm from the tile into the output
+                    _sgemm(a[:r1 - r0], w, y[:r1 - r0])
+                    _add_bias(y, 0, r1 - r0, 0, co, b)
+                    _layer_norm_rows(y, 0, r1 - r0, post_w, post_b, post_eps, out2[r0:r1])
+                else:
+                    _sgemm(a[:r1 - r0], w, out2[r0:r1])
+                    _add_bias(out2, r0, r1, 0, co, b)
+    else:
+        a = np.empty((m, k), np.float32)
+        y = np.empty((m, co), np.float32) if post else out2
+        for t in prange(tasks):
+            _gather_patches(x, patch, t * m // tasks, (t + 1) * m // tasks, pre_w, pre_b, pre_eps, a,
+                            t * m // tasks)
+        for t in prange(threads):
+            c0, c1 = _split(co, threads, t, 16)
+            if c0 < c1:
+                _sgemm(a, w[:, c0:c1], y[:, c0:c1])
+                _add_bias(y, 0, m, c0, c1, b)
+        if post:
+            for t in prange(tasks):
+                _layer_norm_rows(y, t * m // tasks, (t + 1) * m // tasks, post_w, post_b, post_eps, out2)
+
+
+@njit(parallel=True, **_JIT)
+def _depthwise_conv(x, wt, bias, ntasks, out):
+    n, height, width, nc = x.shape
+    m = n * height * width
+    out2 = out.reshape(m, nc)
+    none = np.empty(0, np.float32)
+    for t in prange(ntasks):
+        p0, p1 = t * m // ntasks, (t + 1) * m // ntasks
+        _dwconv_span(x, p0, p1, wt, bias, none, none, _ZERO, out2, p0)
+
+
+@njit(parallel=True, **_JIT)
+def _layer_norm(x2, w, b, eps, ntasks, out):
+    m = x2.shape[0]
+    for t in prange(ntasks):
+        _layer_norm_rows(x2, t * m // ntasks, (t + 1) * m // ntasks, w, b, eps, out)
+
+
+@njit(parallel=True, fastmath=_CONTRACT, **_JIT)
+def _gelu(x1, out1):
+    size = x1.shape[0]
+    for t in prange(-(-size // CHUNK)):
+        src, dst = x1[t * CHUNK:(t + 1) * CHUNK], out1[t * CHUNK:(t + 1) * CHUNK]
+        for i in range(src.shape[0]):
+            dst[i] = _gelu1(src[i])
+
+
+@njit(**_JIT)
+def _global_avg_pool(x, out):
+    n, height, width, nc = x.shape
+    for im in range(n):
+        for c in range(nc):
+            out[im, c] = _ZERO
+        for h in range(height):
+            for w in range(width):
+                for c in range(nc):
+                    out[im, c] += x[im, h, w, c]
+        for c in range(nc):
+            out[im, c] /= _F32(height * width)
+
+
+# --- Public functions: the signatures of convnext_np.ops ------------------------------------------
+
+def _f32(a):
+    return np.ascontiguousarray(a, dtype=np.float32)
+
+
+def _check(cond, message):
+    if not cond:
+        raise ValueError(message)
+
+
+def _threads():
+    return numba.get_num_threads()
+
+
+def _row_tasks(m, width, threads):
+    """Row tiles for ``m`` rows whose widest scratch is ``width`` floats: a multiple of the threads."""
+    rows = max(MIN_TILE_ROWS, TILE_FLOATS // max(1, width))
+    return threads * max(1, -(-m // (threads * rows)))
+
+
+def _is_tall(m, threads):
+    return m >= threads * TALL_MIN_ROWS
+
+
+def linear(x, w, b):
+    """[..., in] -> [..., out]: ``x @ w + b``."""
+    x, w, b = _f32(x), _f32(w), _f32(b)
+    _check(w.ndim == 2 and x.shape[-1] == w.shape[0] and b.shape == (w.shape[1],),
+           f"linear: x {x.shape}, w {w.shape}, b {b.shape} do not fit (x @ w + b)")
+    x2 = x.reshape(-1, w.shape[0])
+    out = np.empty((x2.shape[0], w.shape[1]), np.float32)
+    if x2.shape[0]:
+        threads = _threads()
+        with _single_threaded_blas():
+            if _is_tall(x2.shape[0], threads):
+                _linear_tall(x2, w, b, _row_tasks(x2.shape[0], w.shape[1], threads), out)
+            else:
+                _linear_wide(x2, w, b, threads, out)
+    return out.reshape(*x.shape[:-1], w.shape[1])
+
+
+_NONE = np.empty(0, np.float32)
+
+
+def _patch_layer(x, w, b, patch, pre=None, post=None):
+    """[N, H, W, Ci] -> [N, H//patch, W//patch, Co]; ``pre``/``post``: (weight, bias, eps) of a
+    LayerNorm before (over Ci) or after (over Co)."""
+    x, w, b = _f32(x), _f32(w), _f32(b)
+    _check(x.ndim == 4 and w.ndim == 2 and w.shape[0] == patch * patch * x.shape[3]
+           and b.shape == (w.shape[1],),
+           f"patchify: x {x.shape}, w {w.shape} and b {b.shape} do not fit a {patch}x{patch} patch")
+    n, h, w_, _ = x.shape
+    out = np.empty((n, h // patch, w_ // patch, w.shape[1]), np.float32)
+    m = out.size // w.shape[1]
+    if m == 0:
+        return out
+    pre_w, pre_b, pre_eps = (_NONE, _NONE, 0.0) if pre is None else pre
+    post_w, post_b, post_eps = (_NONE, _NONE, 0.0) if post is None else post
+    pre_w, pre_b, post_w, post_b = (_f32(a) for a in (pre_w, pre_b, post_w, post_b))
+    _check(pre_w.shape == pre_b.shape and pre_w.shape in ((0,), (x.shape[3],))
+           and post_w.shape == post_b.shape and post_w.shape in ((0,), (w.shape[1],)),
+           f"patchify: LayerNorm weights {pre_w.shape, post_w.shape} do not fit x {x.shape}, w {w.shape}")
+    threads = _threads()
+    tall = _is_tall(m, threads)
+    tasks = _row_tasks(m, w.shape[0] + w.shape[1], threads) if tall else min(m, 4 * threads)
+    with _single_threaded_blas():
+        _patch_linear(x, patch, pre_w, pre_b, _F32(pre_eps), w, b, post_w, post_b, _F32(post_eps),
+                      tall, tasks, threads, out.reshape(m, w.shape[1]))
+    return out
+
+
+def patchify(x, w, b, patch):
+    """Conv with kernel = stride = ``patch``, no padding. [N, H, W, Ci] -> [N, H//patch, W//patch, Co]"""
+    return _patch_layer(x, w, b, patch)
+
+
+def stem(x, w, b, norm_w, norm_b, *, eps, ops=None):
+    """model.stem fused: 4x4 patchify, bias and LayerNorm in one pass (``ops`` is ignored)."""
+    return _patch_layer(x, w, b, 4, post=(norm_w, norm_b, eps))
+
+
+def downsample(x, norm_w, norm_b, w, b, *, eps, ops=None):
+    """model.downsample fused: LayerNorm while gathering the 2x2 patches, then the GEMM."""
+    return _patch_layer(x, w, b, 2, pre=(norm_w, norm_b, eps))
+
+
+def depthwise_conv(x, w, b):
+    """Depthwise kxk conv, stride 1, zero padding k//2, with bias. w: (k, k, C)."""
+    x, w, b = _f32(x), _f32(w), _f32(b)
+    _check(x.ndim == 4 and w.ndim == 3 and w.shape[0] == w.shape[1] and w.shape[0] % 2 == 1
+           and w.shape[2] == x.shape[3] and b.shape == (x.shape[3],),
+           f"depthwise_conv: x {x.shape}, w {w.shape}, b {b.shape} do not fit")
+    out = np.empty_like(x)
+    if x.size:
+        _depthwise_conv(x, w, b, min(_threads(), x.shape[0] * x.shape[1]), out)
+    return out
+
+
+def layer_norm(x, w, b, eps):
+    """LayerNorm over the last axis (channels), biased variance, eps inside the sqrt."""
+    x, w, b = _f32(x), _f32(w), _f32(b)
+    _check(w.shape == b.shape == (x.shape[-1],),
+           f"layer_norm: x {x.shape}, w {w.shape}, b {b.shape} do not fit")
+    x2 = x.reshape(-1, x.shape[-1])
+    out = np.empty_like(x2)
+    if x2.size:
+        tasks = max(1, min(_threads() * 4, x2.shape[0] // 16))
+        _layer_norm(x2, w, b, _F32(eps), tasks, out)
+    return out.reshape(x.shape)
+
+
+def gelu(x):
+    """Exact GELU, x Phi(x), float32 (see ops.gelu for the formula)."""
+    x = _f32(x)
+    out = np.empty_like(x)
+    if x.size:
+        _gelu(x.reshape(-1), out.reshape(-1))
+    return out
+
+
+def global_avg_pool(x):
+    """[N, H, W, C] -> [N, C]"""
+    x = _f32(x)
+    _check(x.ndim == 4, f"global_avg_pool: x must be (N, H, W, C), got {x.shape}")
+    out = np.empty((x.shape[0], x.shape[3]), np.float32)
+    _global_avg_pool(x, out)
+    return out
+
+
+def block(x, dwconv_w, dwconv_b, norm_w, norm_b, pwconv1_w, pwconv1_b, pwconv2_w, pwconv2_b,
+          gamma, *, eps, ops=None):
+    """The ConvNeXt block of :func:`convnext_np.model.block`, fused (``ops`` is ignored).
+
+    [N, H, W, C] -> [N, H, W, C]
+    """
+    x = _f32(x)
+    dw_w, dw_b, ln_w, ln_b, w1, b1, w2, b2, g = (_f32(a) for a in (
+        dwconv_w, dwconv_b, norm_w, norm_b, pwconv1_w, pwconv1_b, pwconv2_w, pwconv2_b, gamma))
+    c = x.shape[-1]
+    _check(x.ndim == 4 and dw_w.ndim == 3 and dw_w.shape[0] == dw_w.shape[1] and dw_w.shape[0] % 2
+           and dw_w.shape[2] == c and dw_b.shape == ln_w.shape == ln_b.shape == b2.shape == g.shape == (c,)
+           and w1.ndim == 2 and w1.shape[0] == c and b1.shape == (w1.shape[1],)
+           and w2.shape == (w1.shape[1], c),
+           f"block: x {x.shape} does not fit the block's weights (dwconv {dw_w.shape}, "
+           f"pwconv1 {w1.shape}, pwconv2 {w2.shape})")
+    out = np.empty_like(x)
+    if x.size == 0:
+        return out
+    m, threads = x.size // c, _threads()
+    with _single_threaded_blas():
+        if _is_tall(m, threads):
+            _block_tall(x, dw_w, dw_b, ln_w, ln_b, _F32(eps), w1, b1, w2, b2, g,
+                        _row_tasks(m, w1.shape[1], threads), threads, out)
+        else:
+            _block_wide(x, dw_w, dw_b, ln_w, ln_b, _F32(eps), w1, b1, w2, b2, g, threads, out)
+    return out

@@ -1,0 +1,340 @@
+"""The Numba fast path: each kernel against its NumPy twin over shapes, the whole model Numba vs NumPy.
+
+Every public function of ``convnext_np.kernels`` has a twin with the same signature (those of
+``convnext_np.ops``; the fused ``block``'s twin is ``model.block`` run with the NumPy ops). Shapes
+are drawn to hit odd sizes, channel counts that are not multiples of 8 or 16, batch 1 and > 1,
+and both work decompositions (row tiles, and output-column blocks for few rows), with tiles that
+cross image rows and images.
+
+CI also runs this file with ``NUMBA_DISABLE_JIT=1``, so the kernel bodies run as Python and
+coverage sees them; the full-size model checks skip then (pure-Python loops are too slow).
+"""
+
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from numpy.testing import assert_allclose
+from safetensors.numpy import save_file
+
+numba = pytest.importorskip("numba")
+
+import convnext_np as cnp  # noqa: E402
+from conftest import FIXTURES, LAYOUT_SOURCES, REFERENCE  # noqa: E402
+from convnext_np import kernels, model, ops  # noqa: E402
+from convnext_np.safetensors_file import SafetensorsFile  # noqa: E402
+from convnext_np.testing import random_pixels, realistic_state_dict  # noqa: E402
+
+JIT = not numba.config.DISABLE_JIT
+BACKEND_LOGITS_ATOL = 1e-4  # Numba vs NumPy logits: float32 rounding (summation order, FMA)
+RTOL = 2e-5  # one kernel vs its twin, relative to the output's scale
+
+
+def examples(n):
+    """Fewer examples when the kernels run as Python."""
+    return settings(max_examples=n if JIT else max(3, n // 5), deadline=None)
+
+
+def rand(rng, *shape, scale=1.0):
+    return (rng.standard_normal(shape) * scale).astype(np.float32)
+
+
+def close(got, want, rtol=RTOL):
+    assert got.dtype == np.float32 and got.shape == want.shape and got.flags.c_contiguous
+    assert_allclose(got, want, rtol=rtol, atol=rtol * max(1.0, float(np.abs(want).max(initial=0))))
+
+
+@contextlib.contextmanager
+def decomposition(tall: bool, tile_rows: int | None = None):
+    """Force row tiles (of at most ``tile_rows`` rows) or output-column blocks."""
+    saved = kernels.TALL_MIN_ROWS, kernels.TILE_FLOATS, kernels.MIN_TILE_ROWS
+    kernels.TALL_MIN_ROWS = 1 if tall else 10**9
+    if tile_rows is not None:
+        kernels.MIN_TILE_ROWS, kernels.TILE_FLOATS = 1, tile_rows  # width-1 rows -> tile_rows rows
+    try:
+        yield
+    finally:
+        kernels.TALL_MIN_ROWS, kernels.TILE_FLOATS, kernels.MIN_TILE_ROWS = saved
+
+
+seeds = st.integers(0, 2**32 - 1)
+channels = st.integers(1, 37)
+sides = st.integers(1, 13)
+batches = st.integers(1, 3)
+
+
+# --- each kernel against its NumPy twin ------------------------------------------------------------
+
+@examples(25)
+@given(n=batches, h=sides, w=sides, c=channels, k=st.sampled_from([7, 3]), seed=seeds)
+def test_depthwise_conv(n, h, w, c, k, seed):
+    rng = np.random.default_rng(seed)
+    x, wt, b = rand(rng, n, h, w, c), rand(rng, k, k, c), rand(rng, c)
+    close(kernels.depthwise_conv(x, wt, b), ops.depthwise_conv(x, wt, b))
+
+
+@examples(25)
+@given(shape=st.sampled_from([(5,), (2, 3), (1, 4, 5), (2, 3, 1, 4)]), c=st.integers(1, 70),
+       eps=st.sampled_from([1e-6, 1e-12, 1e-5]), scale=st.sampled_from([1e-2, 1.0, 100.0]), seed=seeds)
+def test_layer_norm(shape, c, eps, scale, seed):
+    rng = np.random.default_rng(seed)
+    x = rand(rng, *shape, c, scale=scale) + np.float32(rng.normal() * scale)
+    w, b = rand(rng, c), rand(rng, c)
+    close(kernels.layer_norm(x, w, b, eps), ops.layer_norm(x, w, b, eps), rtol=1e-4)
+
+
+@examples(25)
+@given(shape=st.sampled_from([(1,), (7,), (3, 5), (2, 3, 4, 17), (40000,)]),
+       scale=st.sampled_from([0.1, 1.0, 3.0, 30.0]), seed=seeds)
+def test_gelu(shape, scale, seed):
+    x = rand(np.random.default_rng(seed), *shape, scale=scale)
+    got, want = kernels.gelu(x), ops.gelu(x)
+    assert got.dtype == np.float32 and got.shape == x.shape
+    assert_allclose(got, want, rtol=1e-6, atol=2e-7 * max(1.0, float(np.abs(x).max())))
+
+
+def test_gelu_at_its_branch_points_and_extremes():
+    """Around the tail cut-off (|x| = 5.5), at 0, and far out; against float64 x Phi(x)."""
+    import scipy.special
+
+    x = np.array([0.0, -0.0, 1e-30, -1e-30, 5.49, 5.5, 5.51, -5.49, -5.5, -5.51, 6.0, -6.0, 13.0,
+                  -13.0, 100.0, -100.0, 1e4, -1e4], np.float32)
+    x64 = x.astype(np.float64)
+    exact = 0.5 * x64 * scipy.special.erfc(-x64 / np.sqrt(2))
+    for got in (kernels.gelu(x), ops.gelu(x)):
+        assert got.dtype == np.float32
+        assert (np.abs(got - exact) <= 1e-6 * np.abs(exact) + 2e-7 * np.maximum(1.0, np.abs(x64))).all()
+
+
+@examples(25)
+@given(lead=st.sampled_from([(1,), (5,), (2, 3), (1, 7, 9), (300,)]), n_in=st.integers(1, 40),
+       n_out=st.integers(1, 70), tall=st.booleans(), tile_rows=st.sampled_from([None, 1, 7]), seed=seeds)
+def test_linear(lead, n_in, n_out, tall, tile_rows, seed):
+    rng = np.random.default_rng(seed)
+    x, w, b = rand(rng, *lead, n_in), rand(rng, n_in, n_out, scale=n_in**-0.5), rand(rng, n_out)
+    with decomposition(tall, tile_rows):
+        got = kernels.linear(x, w, b)
+    close(got, ops.linear(x, w, b))
+
+
+@examples(25)
+@given(n=batches, h=st.integers(2, 19), w=st.integers(2, 19), ci=st.integers(1, 9),
+       co=st.integers(1, 21), patch=st.sampled_from([2, 4]), seed=seeds)
+def test_patchify(n, h, w, ci, co, patch, seed):
+    rng = np.random.default_rng(seed)
+    h, w = max(h, patch), max(w, patch)
+    x, wt, b = rand(rng, n, h, w, ci), rand(rng, patch * patch * ci, co), rand(rng, co)
+    close(kernels.patchify(x, wt, b, patch), ops.patchify(x, wt, b, patch))
+
+
+@examples(15)
+@given(n=batches, h=sides, w=sides, c=channels, seed=seeds)
+def test_global_avg_pool(n, h, w, c, seed):
+    x = rand(np.random.default_rng(seed), n, h, w, c)
+    close(kernels.global_avg_pool(x), ops.global_avg_pool(x))
+
+
+def block_params(rng, c, expansion=4):
+    """Realistic-scale block weights (fan-in scaled MLP, layer scale in [0.1, 1])."""
+    return dict(dwconv_w=rand(rng, 7, 7, c, scale=0.2), dwconv_b=rand(rng, c, scale=0.2),
+                norm_w=1 + rand(rng, c, scale=0.3), norm_b=rand(rng, c, scale=0.2),
+                pwconv1_w=rand(rng, c, expansion * c, scale=c**-0.5),
+                pwconv1_b=rand(rng, expansion * c, scale=0.2),
+                pwconv2_w=rand(rng, expansion * c, c, scale=(expansion * c) ** -0.5),
+                pwconv2_b=rand(rng, c, scale=0.2),
+                gamma=rng.uniform(0.1, 1.0, c).astype(np.float32))
+
+
+@examples(30)
+@given(n=batches, h=sides, w=sides, c=channels, tall=st.booleans(),
+       tile_rows=st.sampled_from([None, 1, 5, 64]), eps=st.sampled_from([1e-6, 1e-5]), seed=seeds)
+def test_fused_block_equals_the_composition(n, h, w, c, tall, tile_rows, eps, seed):
+    rng = np.random.default_rng(seed)
+    x, p = rand(rng, n, h, w, c), block_params(rng, c)
+    with decomposition(tall, tile_rows and tile_rows * 4 * c):
+        got = kernels.block(x, **p, eps=eps)
+    close(got, model.block(x, **p, eps=eps, ops=ops))
+
+
+@examples(20)
+@given(n=batches, h=st.integers(4, 30), w=st.integers(4, 30), co=channels, tall=st.booleans(),
+       tile_rows=st.sampled_from([None, 1, 3]), seed=seeds)
+def test_fused_stem_equals_the_composition(n, h, w, co, tall, tile_rows, seed):
+    rng = np.random.default_rng(seed)
+    x = rand(rng, n, h, w, 3)
+    p = dict(w=rand(rng, 48, co, scale=48**-0.5), b=rand(rng, co), norm_w=1 + rand(rng, co, scale=0.3),
+             norm_b=rand(rng, co, scale=0.2))
+    with decomposition(tall, tile_rows and tile_rows * (48 + co)):
+        got = kernels.stem(x, **p, eps=1e-6)
+    close(got, model.stem(x, **p, eps=1e-6, ops=ops), rtol=1e-4)
+
+
+@examples(20)
+@given(n=batches, h=st.integers(2, 15), w=st.integers(2, 15), ci=channels, co=st.integers(1, 45),
+       tall=st.booleans(), tile_rows=st.sampled_from([None, 1, 3]), seed=seeds)
+def test_fused_downsample_equals_the_composition(n, h, w, ci, co, tall, tile_rows, seed):
+    rng = np.random.default_rng(seed)
+    x = rand(rng, n, h, w, ci) * np.float32(3) + np.float32(1)
+    p = dict(norm_w=1 + rand(rng, ci, scale=0.3), norm_b=rand(rng, ci, scale=0.2),
+             w=rand(rng, 4 * ci, co, scale=(4 * ci) ** -0.5), b=rand(rng, co))
+    with decomposition(tall, tile_rows and tile_rows * (4 * ci + co)):
+        got = kernels.downsample(x, **p, eps=1e-6)
+    close(got, model.downsample(x, **p, eps=1e-6, ops=ops))
+
+
+def test_signatures_are_those_of_the_twins():
+    import inspect
+
+    def names(f):
+        return list(inspect.signature(f).parameters)
+
+    for name in ("stem", "downsample", "block"):  # fused layers: the model's functions
+        assert names(getattr(kernels, name)) == names(getattr(model, name)), name
+    for name in ("depthwise_conv", "layer_norm", "gelu", "linear", "patchify", "global_avg_pool"):
+        assert names(getattr(kernels, name)) == names(getattr(ops, name)), name
+
+
+def test_inputs_are_laid_out_for_the_kernels():
+    """float64 and non-contiguous inputs are accepted; every output is float32 and contiguous."""
+    rng = np.random.default_rng(0)
+    x = rand(rng, 2, 9, 8, 6).astype(np.float64)[:, ::2, :, :]  # float64, non-contiguous
+    p = block_params(rng, 6)
+    close(kernels.block(x, **p, eps=1e-6), model.block(x.astype(np.float32), **p, eps=1e-6, ops=ops))
+    close(kernels.depthwise_conv(x, p["dwconv_w"], p["dwconv_b"]),
+          ops.depthwise_conv(x.astype(np.float32), p["dwconv_w"], p["dwconv_b"]))
+    close(kernels.gelu(x.transpose(0, 3, 1, 2)), ops.gelu(np.float32(x).transpose(0, 3, 1, 2).copy()))
+
+
+def test_mismatched_shapes_are_refused():
+    rng = np.random.default_rng(0)
+    x, p = rand(rng, 1, 5, 5, 6), block_params(rng, 6)
+    with pytest.raises(ValueError, match="block"):
+        kernels.block(rand(rng, 1, 5, 5, 7), **p, eps=1e-6)
+    with pytest.raises(ValueError, match="depthwise_conv"):
+        kernels.depthwise_conv(x, rand(rng, 7, 7, 5), rand(rng, 5))
+    with pytest.raises(ValueError, match="linear"):
+        kernels.linear(x, rand(rng, 5, 3), rand(rng, 3))
+    with pytest.raises(ValueError, match="layer_norm"):
+        kernels.layer_norm(x, rand(rng, 5), rand(rng, 5), 1e-6)
+    with pytest.raises(ValueError, match="patchify"):
+        kernels.patchify(x, rand(rng, 5, 3), rand(rng, 3), 2)
+
+
+def test_blas_thread_count_is_restored():
+    if kernels._BLAS_THREADS is None:
+        pytest.skip("no OpenBLAS thread control behind scipy here")
+    get, _ = kernels._BLAS_THREADS
+    before = get()
+    rng = np.random.default_rng(0)
+    kernels.linear(rand(rng, 600, 8), rand(rng, 8, 16), rand(rng, 16))
+    assert get() == before
+
+
+# --- the whole model: Numba against NumPy ------------------------------------------------------------
+
+def both_backends(source):
+    return (cnp.from_pretrained(source, backend="numpy"), cnp.from_pretrained(source, backend="numba"))
+
+
+@pytest.mark.parametrize("layout", sorted(LAYOUT_SOURCES) if JIT else ["hf-safetensors"])
+def test_whole_model_numba_equals_numpy_on_the_fixtures(layout):
+    reference, fast = both_backends(FIXTURES / LAYOUT_SOURCES[layout])
+    assert fast.backend == "numba"
+    ref = SafetensorsFile(FIXTURES / layout / "reference.safetensors")
+    meta = json.loads((FIXTURES / layout / "reference.json").read_text())
+    for i in range(len(meta["inputs"])):
+        x = ref.tensor(f"input{i}.pixel_values")
+        want, got = reference(x, output_hidden_states=True), fast(x, output_hidden_states=True)
+        assert_allclose(got.logits, want.logits, rtol=0, atol=BACKEND_LOGITS_ATOL, strict=True)
+        assert_allclose(got.pooled, want.pooled, rtol=0, atol=BACKEND_LOGITS_ATOL, strict=True)
+        for g, w in zip(got.hidden_states, want.hidden_states):
+            assert_allclose(g, w, rtol=0, atol=1e-5 * np.abs(w).max(), strict=True)
+
+
+@pytest.mark.skipif(not JIT, reason="full-size forward passes are too slow as pure Python")
+@pytest.mark.parametrize("batch", [1, 3])
+def test_full_size_tiny_numba_equals_numpy(tmp_path, batch):
+    """ConvNeXt-T rebuilt from weights/reference (as the parity tests do), batch 1 and 3.
+
+    Batch 1 runs the late stages with output-column blocks, batch 3 with row tiles.
+    """
+    meta = json.loads((REFERENCE / "tiny-hf.json").read_text())
+    path = tmp_path / "weights.safetensors"
+    save_file(realistic_state_dict(meta["tensors"], meta["seed"]), str(path))
+    reference, fast = both_backends(path)
+    x = random_pixels((batch, 3, 224, 224), seed=batch)
+    want, got = reference(x).logits, fast(x).logits
+    assert_allclose(got, want, rtol=0, atol=BACKEND_LOGITS_ATOL, strict=True)
+    assert (got.argmax(axis=1) == want.argmax(axis=1)).all()
+    expected = SafetensorsFile(REFERENCE / "tiny-hf.safetensors").tensor("input1.logits")
+    x1 = random_pixels(meta["inputs"][1]["shape"], meta["inputs"][1]["seed"])  # 160x224
+    assert_allclose(fast(x1).logits, expected, rtol=0, atol=2e-4, strict=True)
+
+
+# --- imports and the backend registry ------------------------------------------------------------------
+
+def run_python(code, env=None, path=None):
+    full_env = {k: v for k, v in os.environ.items() if k not in ("CONVNEXT_NP_BACKEND",)}
+    full_env.update(env or {})
+    if path:
+        full_env["PYTHONPATH"] = os.pathsep.join([str(path), full_env.get("PYTHONPATH", "")])
+    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
+                          text=True, env=full_env, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+def test_import_convnext_np_imports_no_numba_and_kernels_compile_nothing():
+    out = run_python("""
+        import sys
+        import convnext_np
+        print(sorted(m for m in sys.modules if m.split(".")[0] in ("numba", "llvmlite")))
+        from convnext_np import kernels
+        import numba
+        if not numba.config.DISABLE_JIT:
+            compiled = [n for n, f in vars(kernels).items()
+                        if isinstance(f, numba.core.registry.CPUDispatcher) and f.signatures]
+            print(compiled)
+        else:
+            print([])
+    """)
+    assert out.split("\n")[:2] == ["[]", "[]"]
+
+
+@pytest.mark.parametrize("how", ["ImportError('no numba here')", "RuntimeError('broken llvmlite')"])
+def test_auto_falls_back_to_numpy_when_numba_fails(tmp_path, how):
+    stub = tmp_path / "numba"
+    stub.mkdir()
+    (stub / "__init__.py").write_text(f"raise {how}\n")
+    out = run_python(f"""
+        import convnext_np as cnp
+        from convnext_np import backends
+        model = cnp.from_pretrained({str(FIXTURES / "hf-safetensors")!r})
+        print(model.backend, model(__import__("numpy").zeros((1, 3, 32, 32), "float32")).logits.shape)
+        try:
+            backends.resolve("numba")
+        except Exception as e:
+            print(type(e).__name__)
+    """, path=tmp_path)
+    assert out.split() == ["numpy", "(1,", "10)", how.split("(")[0]]
+
+
+def test_auto_prefers_numba():
+    assert cnp.from_pretrained(FIXTURES / "hf-safetensors").backend == "numba" or \
+        os.environ.get("CONVNEXT_NP_BACKEND") not in (None, "auto")
+
+
+def test_thread_count_follows_omp_num_threads():
+    out = run_python("""
+        from convnext_np import kernels
+        import numba
+        print(numba.get_num_threads())
+    """, env={"OMP_NUM_THREADS": "1"})
+    assert out.strip() == "1"
