@@ -1,0 +1,263 @@
+"""convnext_np.spark.ImageClassifier on a real local Spark (local[2]): both input sources give
+what cnp.classify gives, bad rows get an error instead of failing the job, pipelines save and
+load, and each Python worker loads the model once."""
+
+import dataclasses
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("pyspark")
+pytest.importorskip("pyarrow")
+pytest.importorskip("pandas")  # pyspark's mapInArrow checks for it
+if shutil.which("java") is None and not os.environ.get("JAVA_HOME"):
+    pytest.skip("Spark needs Java (none on PATH, JAVA_HOME unset)", allow_module_level=True)
+
+import convnext_np as cnp  # noqa: E402
+from conftest import FIXTURES  # noqa: E402
+from convnext_np.backends import BACKENDS  # noqa: E402
+from convnext_np.spark import ImageClassifier, spark_image_to_array  # noqa: E402
+
+pytestmark = pytest.mark.filterwarnings("ignore:PySpark does not yet fully support pandas")
+
+MODEL = str(FIXTURES / "hf-safetensors")
+IMAGES = sorted((Path(__file__).parent / "data" / "images").iterdir())
+PNGS = [p for p in IMAGES if p.suffix == ".png"]
+
+
+@pytest.fixture(scope="module")
+def spark():
+    from pyspark.sql import SparkSession
+
+    saved = {k: os.environ.get(k) for k in ("PYSPARK_PYTHON", "PYSPARK_DRIVER_PYTHON")}
+    os.environ["PYSPARK_PYTHON"] = os.environ["PYSPARK_DRIVER_PYTHON"] = sys.executable
+    session = (SparkSession.builder.master("local[2]").appName("convnext_np-tests")
+               .config("spark.ui.enabled", "false").config("spark.ui.showConsoleProgress", "false")
+               .config("spark.sql.shuffle.partitions", "2")
+               .config("spark.driver.bindAddress", "127.0.0.1")
+               .config("spark.driver.host", "127.0.0.1")
+               .getOrCreate())
+    session.sparkContext.setLogLevel("ERROR")
+    yield session
+    session.stop()
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+@pytest.fixture(scope="module")
+def model():
+    return cnp.from_pretrained(MODEL, backend="numpy")
+
+
+@pytest.fixture(scope="module")
+def image_dir(tmp_path_factory):
+    """The test images and a file that claims to be a PNG but is not one."""
+    d = tmp_path_factory.mktemp("images")
+    for p in IMAGES:
+        shutil.copy(p, d / p.name)
+    (d / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    return d
+
+
+def assert_same_predictions(rows, predictions):
+    """Same labels in the same order; scores to float32 rounding. (Not bit-identical: a Spark
+    task runs BLAS with spark.task.cpus threads, this process with one per core, and the
+    summation order follows the thread count.)"""
+    assert [(r.label, r["index"]) for r in rows] == [(p.label, p.index) for p in predictions]
+    assert [r.score for r in rows] == pytest.approx([p.score for p in predictions], rel=0, abs=1e-6)
+
+
+def by_name(rows, key):
+    return {Path(r[key].removeprefix("file:").lstrip("/")).name: r for r in rows}
+
+
+def test_binary_file_equals_classify_and_a_bad_file_gets_an_error(spark, model, image_dir):
+    df = spark.read.format("binaryFile").load(str(image_dir))
+    clf = ImageClassifier(modelPath=MODEL, inputCol="content", topK=3, batchSize=2,
+                          backend="numpy", embeddingCol="embedding")
+    rows = by_name(clf.transform(df).select("path", "predictions", "error", "embedding").collect(),
+                   "path")
+    assert sorted(rows) == sorted([p.name for p in IMAGES] + ["broken.png"])
+    for p in IMAGES:
+        row = rows[p.name]
+        assert row.error is None
+        assert_same_predictions(row.predictions, cnp.classify(p, model=model, top_k=3))
+        pooled = model(model.preprocessor(p)).pooled[0]
+        np.testing.assert_allclose(np.array(row.embedding, np.float32), pooled, rtol=0, atol=1e-5,
+                                   strict=True)
+    bad = rows["broken.png"]
+    assert bad.predictions is None and bad.embedding is None
+    assert "broken.png" in bad.error and "cannot read image" in bad.error
+
+
+def test_batches_drop_invalid_and_column_names(spark, model, image_dir):
+    df = spark.read.format("binaryFile").load(str(image_dir)).repartition(1)
+    clf = ImageClassifier(modelPath=MODEL, inputCol="content", outputCol="classes",
+                          errorCol="why", topK=10, batchSize=4, dropInvalid=True,
+                          backend="numpy")
+    out = clf.transform(df)
+    assert out.columns == df.columns + ["classes", "why"]
+    rows = by_name(out.collect(), "path")
+    assert sorted(rows) == sorted(p.name for p in IMAGES)  # broken.png dropped
+    expected = cnp.classify(IMAGES, model=model, top_k=10, batch_size=4)
+    for p, preds in zip(IMAGES, expected):
+        got = rows[p.name].classes
+        assert rows[p.name].why is None
+        assert_same_predictions(got, preds)
+        assert [r.score for r in got] == sorted((r.score for r in got), reverse=True)
+
+
+def test_image_source_png_equals_classify(spark, model, image_dir):
+    df = spark.read.format("image").load(str(image_dir))
+    channels = {name: r.n for name, r in by_name(
+        df.selectExpr("image.origin AS name", "image.nChannels AS n").collect(), "name").items()}
+    assert {channels["camera.png"], channels["logo.png"], channels["chelsea.png"]} == {1, 4, 3}
+    clf = ImageClassifier(modelPath=MODEL, topK=3, backend="numpy")
+    rows = by_name(clf.transform(df).select("image.origin", "predictions", "error").collect(),
+                   "origin")
+    for p in PNGS:
+        assert rows[p.name].error is None
+        assert_same_predictions(rows[p.name].predictions, cnp.classify(p, model=model, top_k=3))
+    # JPEG goes through Java ImageIO's decoder: classified, but not PIL's pixels (docs/spark.md)
+    assert rows["rocket.jpg"].error is None and len(rows["rocket.jpg"].predictions) == 3
+    # the image source keeps a row for a file it cannot decode (dropInvalid=false)
+    assert rows["broken.png"].predictions is None
+    assert "broken.png" in rows["broken.png"].error and "binaryFile" in rows["broken.png"].error
+
+
+def test_binary_content_gives_the_pixel_values_of_the_path(model):
+    from convnext_np.spark import _open_encoded
+
+    for p in IMAGES:
+        np.testing.assert_array_equal(model.preprocessor.preprocess(_open_encoded(p.read_bytes())),
+                                      model.preprocessor.preprocess(p), strict=True)
+
+
+def test_image_struct_is_pils_pixels_for_png(spark, model, image_dir):
+    from PIL import Image
+
+    rows = spark.read.format("image").load([str(image_dir / p.name) for p in PNGS]).collect()
+    assert len(rows) == len(PNGS)
+    for r in rows:
+        im = r.image
+        x = spark_image_to_array(im.height, im.width, im.nChannels, im.mode, im.data)
+        path = Path(im.origin.removeprefix("file://"))
+        with Image.open(path) as pil:
+            np.testing.assert_array_equal(x, np.asarray(pil), strict=True)
+        np.testing.assert_array_equal(model.preprocessor.preprocess(x),
+                                      model.preprocessor.preprocess(path), strict=True)
+
+
+def test_spark_image_to_array_checks_its_input():
+    bgr = np.arange(2 * 3 * 3, dtype=np.uint8).reshape(2, 3, 3)
+    np.testing.assert_array_equal(spark_image_to_array(2, 3, 3, 16, bgr.tobytes()), bgr[..., ::-1])
+    bgra = np.arange(2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4)
+    np.testing.assert_array_equal(spark_image_to_array(2, 3, 4, 24, bgra.tobytes()),
+                                  bgra[..., [2, 1, 0, 3]])
+    for args, match in [((2, 3, 3, 16, b"\0" * 17), "18"), ((2, 3, 3, 0, bgr.tobytes()), "mode"),
+                        ((2, 3, 2, None, b"\0" * 12), "nChannels"), ((-1, -1, -1, -1, b""), "binaryFile"),
+                        ((2, 3, 1, 5, b"\0" * 6), "OpenCV")]:
+        with pytest.raises(cnp.ImageError, match=match):
+            spark_image_to_array(*args)
+
+
+def test_pipeline_save_load_round_trip_with_preprocessing_overrides(spark, model, tmp_path):
+    from pyspark.ml import Pipeline, PipelineModel
+
+    df = spark.read.format("binaryFile").load([str(p) for p in PNGS[:3]]).repartition(1)
+    clf = ImageClassifier(modelPath=MODEL, inputCol="content", topK=2, batchSize=1,
+                          backend="numpy", size=64, cropPct=1.0, resample="bilinear")
+    fitted = Pipeline(stages=[clf]).fit(df)
+    fitted.write().overwrite().save(str(tmp_path / "pipeline"))
+    Pipeline(stages=[clf]).write().save(str(tmp_path / "unfitted"))
+    loaded = PipelineModel.load(str(tmp_path / "pipeline"))
+    stage = loaded.stages[0]
+    assert isinstance(stage, ImageClassifier)
+    assert stage.preprocessingOverrides() == {"size": 64, "crop_pct": 1.0, "resample": "bilinear"}
+    assert (stage.getModelPath(), stage.getInputCol(), stage.getTopK()) == (MODEL, "content", 2)
+    assert Pipeline.load(str(tmp_path / "unfitted")).getStages()[0].getOrDefault("size") == 64
+
+    rows = by_name(loaded.transform(df).collect(), "path")
+    small = cnp.ConvNeXt(model.config, model.params, backend="numpy", source=model.source,
+                         preprocessor=dataclasses.replace(model.preprocessor, size=64,
+                                                          crop_pct=1.0, resample="bilinear"))
+    for p in PNGS[:3]:
+        assert_same_predictions(rows[p.name].predictions, cnp.classify(p, model=small, top_k=2))
+
+
+def test_each_python_worker_loads_the_model_once(spark, image_dir):
+    df = spark.read.format("binaryFile").load(str(image_dir)).repartition(4)
+    clf = ImageClassifier(modelPath=MODEL, inputCol="content", backend="numpy")
+    for _ in range(2):
+        assert clf.transform(df).count() == len(IMAGES) + 1
+
+    def loads(batches):  # in the same kind of worker (an Arrow one) as the transform's
+        import pyarrow as pa
+        import convnext_np.spark as s
+        for _ in batches:
+            yield pa.RecordBatch.from_pydict({"pid": [os.getpid()],
+                                              "loads": [s._LOADS.get((MODEL, "numpy"), 0)]})
+
+    counts = dict(spark.range(8).repartition(8).mapInArrow(loads, "pid long, loads long").collect())
+    assert set(counts.values()) <= {0, 1} and 1 in counts.values(), counts
+
+
+def test_model_shipped_with_add_file_is_found_by_name(spark, model, tmp_path):
+    shipped = tmp_path / "shipped-convnext"
+    shutil.copytree(MODEL, shipped)
+    spark.sparkContext.addFile(str(shipped), recursive=True)  # what --files / --archives do
+    df = spark.read.format("binaryFile").load(str(PNGS[0]))
+    row = ImageClassifier(modelPath="shipped-convnext", inputCol="content", topK=1,
+                          backend="numpy", batchSize=1).transform(df).first()
+    assert row.error is None
+    assert row.predictions[0]["index"] == cnp.classify(PNGS[0], model=model, top_k=1)[0].index
+
+
+@pytest.mark.skipif("numba" not in BACKENDS, reason="no numba backend")
+def test_numba_backend_uses_task_cpus_threads(spark, model, image_dir):
+    df = spark.read.format("binaryFile").load([str(p) for p in PNGS]).repartition(2)
+    clf = ImageClassifier(modelPath=MODEL, inputCol="content", topK=10, backend="numba")
+    rows = by_name(clf.transform(df).collect(), "path")
+    for p, preds in zip(PNGS, cnp.classify(PNGS, model=model, top_k=10)):
+        got = {r["index"]: r.score for r in rows[p.name].predictions}
+        assert got == pytest.approx({q.index: q.score for q in preds}, rel=0, abs=1e-5)
+
+    def threads(batches):  # spark.task.cpus is 1: numba runs one thread where we ran
+        import numba
+        import pyarrow as pa
+        import convnext_np.spark as s
+        for _ in batches:
+            yield pa.RecordBatch.from_pydict({"ran": [s._THREADS is not None],
+                                              "n": [numba.get_num_threads()]})
+
+    seen = spark.range(8).repartition(8).mapInArrow(threads, "ran boolean, n long").collect()
+    assert any(r.ran for r in seen) and all(r.n == 1 for r in seen if r.ran), seen
+
+
+def test_driver_side_checks(spark):
+    df = spark.read.format("binaryFile").load(str(IMAGES[0]))
+    with pytest.raises(ValueError, match="setInputCol\\('content'\\)"):
+        ImageClassifier(modelPath=MODEL).transform(df)
+    with pytest.raises(ValueError, match="column 'path' is string"):
+        ImageClassifier(modelPath=MODEL, inputCol="path").transform(df)
+    with pytest.raises(ValueError, match="'length' already exists"):
+        ImageClassifier(modelPath=MODEL, inputCol="content", outputCol="length").transform(df)
+    with pytest.raises(ValueError, match="crop_mode"):
+        ImageClassifier(modelPath=MODEL, inputCol="content", cropMode="zoom").transform(df)
+    with pytest.raises(ValueError, match="at least 32"):
+        ImageClassifier(modelPath=MODEL, inputCol="content", size=16).transform(df)
+    with pytest.raises(ValueError, match="unknown backend"):
+        ImageClassifier(modelPath=MODEL, inputCol="content", backend="cuda").transform(df)
+
+
+def test_import_convnext_np_does_not_import_pyspark():
+    code = "import sys, convnext_np; assert 'pyspark' not in sys.modules, 'pyspark imported'"
+    subprocess.run([sys.executable, "-c", code], check=True)
