@@ -89,7 +89,9 @@ def test_broken_images_are_reported_and_the_batch_goes_on(model, tmp_path):
         assert bad[path] in str(error) or path.name in str(error)
 
 
-def test_shared_model_is_thread_safe(model):
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+def test_shared_model_is_thread_safe(backend):
+    model = cnp.from_pretrained(FIXTURES / "hf-safetensors", backend=backend)
     inputs = [random_pixels((2, 3, 64, 64), seed) for seed in range(8)]
     serial = [model(x).logits for x in inputs]
     results = [None] * len(inputs)
