@@ -107,7 +107,7 @@ def _config_from_tensors(arch: dict, scheme: str, labels=None) -> ConvNextConfig
                           layer_norm_eps=head_eps, id2label=dict(enumerate(labels)))
 
 
-def load_local(path: Path, *, backend: str = "auto") -> ConvNeXt:
+def load_local(path: Path, *, backend: str = "auto", num_threads: int | None = None) -> ConvNeXt:
     """A model from a local directory or weights file (see the module docstring)."""
     path = Path(path)
     config_json = _read_json(path / "config.json") if (path / "config.json").is_file() else None
@@ -151,7 +151,7 @@ def load_local(path: Path, *, backend: str = "auto") -> ConvNeXt:
 
     params = weights.to_params(hf, config, where)
     return ConvNeXt(config, params, backend=backend, preprocessor=ImageProcessor.from_pretrained(path),
-                    source=str(path))
+                    source=str(path), num_threads=num_threads)
 
 
 def save_pretrained(model: ConvNeXt, directory) -> None:
@@ -185,18 +185,21 @@ def save_pretrained(model: ConvNeXt, directory) -> None:
               lambda p: Path(p).write_text(json.dumps(processor, indent=2) + "\n", encoding="utf-8"))
 
 
-def from_pretrained(source, *, revision: str = "main", cache_dir=None, backend: str = "auto") -> ConvNeXt:
+def from_pretrained(source, *, revision: str = "main", cache_dir=None, backend: str = "auto",
+                    num_threads: int | None = None) -> ConvNeXt:
     """Load a ConvNeXt from a local directory or weights file, or by name (``shared/api.md``).
 
     A local path always wins and never touches the network. A name (hub id, timm name or alias
     from :mod:`convnext_np.checkpoints`) is resolved from the Hugging Face cache, else
     downloaded (:func:`convnext_np.hub.resolve`); ``revision`` and ``cache_dir`` apply to names.
+    ``num_threads`` sets the threads of every forward pass (:mod:`convnext_np.threads`).
     """
     path = Path(os.fspath(source)).expanduser()
     if path.exists():
-        return load_local(path, backend=backend)
+        return load_local(path, backend=backend, num_threads=num_threads)
     from . import hub  # imported on first use: plain local loading needs no HTTP machinery
 
-    model = load_local(hub.resolve(str(source), revision=revision, cache_dir=cache_dir), backend=backend)
+    model = load_local(hub.resolve(str(source), revision=revision, cache_dir=cache_dir),
+                       backend=backend, num_threads=num_threads)
     model.source = str(source)
     return model

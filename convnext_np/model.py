@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import backends
+from . import backends, threads
 from .config import ConvNextConfig
 from .errors import ImageError
 
@@ -88,10 +88,11 @@ class ConvNeXt:
     """
 
     def __init__(self, config: ConvNextConfig, params: dict, *, backend: str = "auto",
-                 preprocessor=None, source: str | None = None):
+                 preprocessor=None, source: str | None = None, num_threads: int | None = None):
         self.config = config
         self.params = params
         self.backend = backends.resolve(backend)
+        self.num_threads = threads.check(num_threads)  # None: as the environment configures
         self.preprocessor = preprocessor
         self.source = source
 
@@ -102,10 +103,11 @@ class ConvNeXt:
 
     def __call__(self, pixel_values, output_hidden_states: bool = False) -> ConvNextOutput:
         x = self._check_input(pixel_values)
-        hidden, pooled, logits = forward(
-            self.params, np.ascontiguousarray(x.transpose(0, 2, 3, 1)),  # NCHW -> NHWC
-            eps=self.config.norm_eps, head_eps=self.config.layer_norm_eps,
-            ops=backends.get(self.backend))
+        with threads.limit(self.backend, self.num_threads):
+            hidden, pooled, logits = forward(
+                self.params, np.ascontiguousarray(x.transpose(0, 2, 3, 1)),  # NCHW -> NHWC
+                eps=self.config.norm_eps, head_eps=self.config.layer_norm_eps,
+                ops=backends.get(self.backend))
         if not output_hidden_states:
             hidden = hidden[-1:]
         nchw = tuple(np.ascontiguousarray(h.transpose(0, 3, 1, 2)) for h in hidden)  # -> NCHW

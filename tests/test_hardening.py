@@ -122,3 +122,27 @@ def test_memory_is_bounded_by_the_batch_size(model):
     for _ in iter_classify(images(), model, top_k=1, batch_size=4):
         done.append(1)
     assert len(done) == 50
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+def test_num_threads_argument(backend, monkeypatch):
+    from convnext_np import backends, threads
+    if backend == "numba":
+        import numba
+        probe = numba.get_num_threads
+    else:
+        probe = threads.blas_threads
+        if probe() is None:
+            pytest.skip("NumPy does not use OpenBLAS here")
+    module = backends.get(backend)
+    seen, pool = [], module.global_avg_pool
+    monkeypatch.setattr(module, "global_avg_pool", lambda x: (seen.append(probe()), pool(x))[1])
+    x = random_pixels((1, 3, 64, 64))
+    before = probe()
+    one = cnp.from_pretrained(FIXTURES / "hf-safetensors", backend=backend, num_threads=1)(x).logits
+    assert seen == [1] and probe() == before
+    default = cnp.from_pretrained(FIXTURES / "hf-safetensors", backend=backend)(x).logits
+    assert seen[1] == before
+    np.testing.assert_allclose(one, default, rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match="num_threads"):
+        cnp.from_pretrained(FIXTURES / "hf-safetensors", num_threads=0)
