@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import threading
 
 import numba
 import numpy as np
@@ -45,7 +46,7 @@ _REASSOC = {"contract", "reassoc"}  # sums may be reordered, so the LayerNorm re
 
 # Work decomposition (docs/kernels.md has the measurements behind these numbers).
 TALL_MIN_ROWS = 256  # rows per thread below which a layer splits its output columns instead
-TILE_FLOATS = 1 << 21  # a row tile's widest scratch (tile rows x 4C) holds at most this many floats
+TILE_FLOATS = 1 << 20  # a row tile's widest scratch (tile rows x 4C) holds at most this many floats
 MIN_TILE_ROWS = 32
 CHUNK = 1 << 14  # elements per task of the purely elementwise kernels
 
@@ -356,7 +357,7 @@ def _split(n, parts, t, align):
 # --- Parallel kernels ---------------------------------------------------------------------------
 
 @njit(parallel=True, **_JIT)
-def _block_tall(x, dw_w, dw_b, ln_w, ln_b, eps, w1, b1, w2, b2, gamma, ntasks, threads, out):
+def _block_tall(x, dw_w, dw_b, ln_w, ln_b, eps, w1, b1, w2, b2, gamma, ntasks, a3, hid3, o3, out):
     """The whole block on tiles of rows, each tile start to finish in one thread.
 
     Fuses: dwconv + LayerNorm (one pass into the tile's fc1 input), fc1 GEMM, bias + GELU (in
@@ -366,12 +367,10 @@ def _block_tall(x, dw_w, dw_b, ln_w, ln_b, eps, w1, b1, w2, b2, gamma, ntasks, t
     m = n * height * width
     c4 = w1.shape[1]
     x2, out2 = x.reshape(m, nc), out.reshape(m, nc)
-    rows = -(-m // ntasks)  # the largest tile
+    threads = a3.shape[0]
     per = ntasks // threads
-    for thread in prange(threads):  # consecutive tiles per thread; scratch allocated once
-        a = np.empty((rows, nc), np.float32)
-        hid = np.empty((rows, c4), np.float32)
-        o = np.empty((rows, nc), np.float32)
+    for thread in prange(threads):  # consecutive tiles per thread, each with its own scratch
+        a, hid, o = a3[thread], hid3[thread], o3[thread]
         for t in range(thread * per, (thread + 1) * per):
             r0, r1 = t * m // ntasks, (t + 1) * m // ntasks
             mt = r1 - r0
@@ -466,7 +465,7 @@ def _gather_patches(x, patch, p0, p1, pre_w, pre_b, eps, a, a0):
 
 
 @njit(parallel=True, **_JIT)
-def _patch_linear(x, patch, pre_w, pre_b, pre_eps, w, b, post_w, post_b, post_eps, tall, tasks, threads,
+def _patch_linear(x, patch, pre_w, pre_b, pre_eps, w, b, post_w, post_b, post_eps, tall, tasks, a3, y3,
                   out2):
     """out2 = [LN_post](patches([LN_pre](x)) @ w + b): ops.patchify, the stem (LN after) and the
     downsampling layers (LN before), without the patch matrix or the LayerNorm's output ever
@@ -477,12 +476,11 @@ def _patch_linear(x, patch, pre_w, pre_b, pre_eps, w, b, post_w, post_b, post_ep
     """
     m, co, k = out2.shape[0], out2.shape[1], w.shape[0]
     post = post_w.shape[0] > 0
+    threads = a3.shape[0]
     if tall:
-        rows = -(-m // tasks)
         per = tasks // threads
         for thread in prange(threads):
-            a = np.empty((rows, k), np.float32)
-            y = np.empty((rows if post else 0, co), np.float32)
+            a, y = a3[thread], y3[thread]
             for t in range(thread * per, (thread + 1) * per):
                 r0, r1 = t * m // tasks, (t + 1) * m // tasks
                 _gather_patches(x, patch, r0, r1, pre_w, pre_b, pre_eps, a, 0)
@@ -565,6 +563,28 @@ def _threads():
     return numba.get_num_threads()
 
 
+_local = threading.local()
+
+
+def _scratch(threads, rows, *widths):
+    """Per-thread tile buffers, (threads, rows, width) each, carved from one cached array.
+
+    Cached per calling (Python) thread and grown as needed, so that a forward pass does not
+    allocate, and page-fault, megabytes of scratch per layer: at batch 8 the tiny's forward
+    pass touched 24 MiB of fresh pages with per-call scratch.
+    """
+    need = threads * rows * sum(widths)
+    buf = getattr(_local, "buf", None)
+    if buf is None or buf.size < need:
+        buf = _local.buf = np.empty(need, np.float32)
+    out, start = [], 0
+    for width in widths:
+        size = threads * rows * width
+        out.append(buf[start:start + size].reshape(threads, rows, width))
+        start += size
+    return out
+
+
 def _row_tasks(m, width, threads):
     """Row tiles for ``m`` rows whose widest scratch is ``width`` floats: a multiple of the threads."""
     rows = max(MIN_TILE_ROWS, TILE_FLOATS // max(1, width))
@@ -616,9 +636,11 @@ def _patch_layer(x, w, b, patch, pre=None, post=None):
     threads = _threads()
     tall = _is_tall(m, threads)
     tasks = _row_tasks(m, w.shape[0] + w.shape[1], threads) if tall else min(m, 4 * threads)
+    rows = -(-m // tasks) if tall else 0
+    a3, y3 = _scratch(threads, rows, w.shape[0], w.shape[1] if post is not None else 0)
     with _single_threaded_blas():
         _patch_linear(x, patch, pre_w, pre_b, _F32(pre_eps), w, b, post_w, post_b, _F32(post_eps),
-                      tall, tasks, threads, out.reshape(m, w.shape[1]))
+                      tall, tasks, a3, y3, out.reshape(m, w.shape[1]))
     return out
 
 
@@ -702,8 +724,9 @@ def block(x, dwconv_w, dwconv_b, norm_w, norm_b, pwconv1_w, pwconv1_b, pwconv2_w
     m, threads = x.size // c, _threads()
     with _single_threaded_blas():
         if _is_tall(m, threads):
-            _block_tall(x, dw_w, dw_b, ln_w, ln_b, _F32(eps), w1, b1, w2, b2, g,
-                        _row_tasks(m, w1.shape[1], threads), threads, out)
+            tasks = _row_tasks(m, w1.shape[1], threads)
+            a3, hid3, o3 = _scratch(threads, -(-m // tasks), c, w1.shape[1], c)
+            _block_tall(x, dw_w, dw_b, ln_w, ln_b, _F32(eps), w1, b1, w2, b2, g, tasks, a3, hid3, o3, out)
         else:
             _block_wide(x, dw_w, dw_b, ln_w, ln_b, _F32(eps), w1, b1, w2, b2, g, threads, out)
     return out

@@ -49,8 +49,9 @@ def layer_norm(x, w, b, eps):
 
 
 # Q(a) = P(Z > a) = erfc(a / sqrt 2) / 2 for a >= 0, by Abramowitz & Stegun 7.1.26 (|error in
-# erf| < 1.5e-7), the formula of PyTorch's vectorised CPU erf. scipy.special.erf costs ~19 ns per
-# float32 here; this, in cache-sized chunks, ~2 ns (docs/performance.md).
+# erf| < 1.5e-7), the formula of PyTorch's vectorised CPU erf; GELU comes out within 3.3e-7 of
+# float64 x Phi(x) (scipy's float32 erf: 4.5e-7). Measured per float32 element: scipy.special.erf
+# ~19 ns; this ~2 ns in cache-sized chunks, ~7 ns on whole activations (temporaries out of cache).
 AS_P = np.float32(0.3275911)
 AS_A = [np.float32(a) for a in (0.254829592, -0.284496736, 1.421413741, -1.453152027, 1.061405429)]
 GELU_CHUNK = 1 << 14  # elements; temporaries of this size stay in L2
@@ -73,7 +74,8 @@ def gelu(x):
     flat, flat_out = x.reshape(-1), out.reshape(-1)
     for i in range(0, flat.size, GELU_CHUNK):
         v = flat[i : i + GELU_CHUNK]
-        flat_out[i : i + GELU_CHUNK] = np.maximum(v, 0) - np.abs(v) * upper_tail(np.abs(v))
+        a = np.abs(v)
+        flat_out[i : i + GELU_CHUNK] = np.maximum(v, 0) - a * upper_tail(a)
     return out
 
 
