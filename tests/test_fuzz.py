@@ -39,11 +39,13 @@ def workdir(tmp_path_factory):
     return d
 
 
-def flips(data: bytes, positions, values) -> bytes:
+def mutate(data: bytes, mutation) -> bytes:
+    """Overwrite some bytes, then maybe truncate."""
+    positions, values, cut = mutation
     b = bytearray(data)
     for p, v in zip(positions, values):
         b[p % len(b)] = v
-    return bytes(b)
+    return bytes(b) if cut is None else bytes(b[: cut % (len(b) + 1)])
 
 
 def expect_only(errors, fn):
@@ -68,10 +70,7 @@ def test_fuzz_safetensors_bytes(workdir, fuzz_examples):
     @fuzz_settings(fuzz_examples)
     @given(bytes_mutation)
     def run(mutation):
-        positions, values, cut = mutation
-        data = flips(SAFETENSORS, positions, values)
-        if cut is not None:
-            data = data[: cut % (len(data) + 1)]
+        data = mutate(SAFETENSORS, mutation)
         (workdir / "model" / "model.safetensors").write_bytes(data)
         expect_only(cnp.WeightsError, lambda: load_everything(workdir / "model" / "model.safetensors"))
         expect_only(cnp.WeightsError, lambda: cnp.from_pretrained(workdir / "model"))
@@ -121,10 +120,7 @@ def test_fuzz_torch_pickle(workdir, fuzz_examples):
     @fuzz_settings(fuzz_examples)
     @given(bytes_mutation)
     def run(mutation):
-        positions, values, cut = mutation
-        data = flips(PICKLE, positions, values)
-        if cut is not None:
-            data = data[: cut % (len(data) + 1)]
+        data = mutate(PICKLE, mutation)
         (workdir / "weights.bin").write_bytes(data)
         expect_only(cnp.WeightsError, lambda: cnp.from_pretrained(workdir / "weights.bin"))
     run()
@@ -148,10 +144,7 @@ def test_fuzz_image_bytes(workdir, fuzz_examples, name):
     @fuzz_settings(fuzz_examples)
     @given(bytes_mutation)
     def run(mutation):
-        positions, values, cut = mutation
-        data = flips(original, positions, values)
-        if cut is not None:
-            data = data[: cut % (len(data) + 1)]
+        data = mutate(original, mutation)
         path = workdir / f"fuzzed-{name}"
         path.write_bytes(data)
         x = expect_only(cnp.ImageError, lambda: proc(path))
