@@ -548,7 +548,7 @@ def _global_avg_pool(x, out):
             out[im, c] /= _F32(height * width)
 
 
-# --- Public functions: the signatures of convnext_np.ops ------------------------------------------
+# --- Public functions: the signatures of convnext_np.ops (and, fused, of convnext_np.model) -------
 
 def _f32(a):
     return np.ascontiguousarray(a, dtype=np.float32)
