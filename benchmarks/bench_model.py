@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -274,7 +273,9 @@ def report(path: Path, args) -> None:
         for (variant, size, bs, threads), r in scaling:
             parts += [f"### {variant} @{size}, {threads} thread{'s' if threads > 1 else ''}", "",
                       comparison_table(r, bs), ""]
-    Path(path).write_text("\n".join(parts) + "\n")
+    text = "\n".join(parts) + "\n"
+    Path(path).write_text(text)
+    print(text)
     log(f"wrote {path} ({minutes:.1f} min)")
 
 
