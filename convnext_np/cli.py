@@ -67,6 +67,20 @@ def _load(args):
         raise ModelLoadError(str(e)) from None
 
 
+def load_or_report(args):
+    """The model of ``args.model``, or None after saying on stderr why it cannot load (the
+    commands then exit 2). For commands that must clean up before exiting."""
+    try:
+        return _load(args)
+    except ModelLoadError as e:
+        _report_load_error(args, e)
+        return None
+
+
+def _report_load_error(args, error) -> None:
+    print(f"convnext-np: error: cannot load model {args.model!r}: {error}", file=sys.stderr)
+
+
 def _progress_enabled(args) -> bool:
     return sys.stderr.isatty() if args.progress is None else args.progress
 
@@ -276,7 +290,7 @@ def main(argv=None) -> int:
     try:
         return args.func(args)
     except ModelLoadError as e:
-        print(f"convnext-np: error: cannot load model {args.model!r}: {e}", file=sys.stderr)
+        _report_load_error(args, e)
         return EXIT_USAGE
     except KeyboardInterrupt:
         return 130

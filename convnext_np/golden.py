@@ -420,17 +420,14 @@ def add_golden_parser(subparsers) -> argparse.ArgumentParser:
 
 def golden_command(args) -> int:
     """``convnext-np golden``: 0 written, 1 an image could not be read, 2 no model or no images."""
-    from .classify import load_model
-    from .cli import expand_paths
+    from .cli import expand_paths, load_or_report
 
     paths = expand_paths(args.images)
     if not paths:
         print("convnext-np: error: no image files found in the given paths", file=sys.stderr)
         return 2
-    try:
-        model = load_model(args.model, backend=args.backend)
-    except (ConvNextError, OSError, ValueError) as e:
-        print(f"convnext-np: error: cannot load model {args.model!r}: {e}", file=sys.stderr)
+    model = load_or_report(args)
+    if model is None:
         return 2
     try:
         manifest = write_bundle([str(p) for p in paths], model, args.out, args.float64, name=str(args.model))

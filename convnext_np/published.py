@@ -190,7 +190,7 @@ def add_verify_parser(subparsers) -> argparse.ArgumentParser:
 
 def verify_command(args, table=PUBLISHED) -> int:
     """``convnext-np verify``: 0 PASS, 1 FAIL, 2 no image, no published values or no model."""
-    from .classify import load_model
+    from .cli import load_or_report
 
     if args.image is None:
         print("convnext-np: error: verify needs --image: the reference image, COCO val2017 "
@@ -206,10 +206,8 @@ def verify_command(args, table=PUBLISHED) -> int:
         print(f"convnext-np: error: no published logits for {name!r}; pass --checkpoint with one "
               f"of: {', '.join(known)}", file=sys.stderr)
         return 2
-    try:
-        model = load_model(args.model, backend=args.backend)
-    except (ConvNextError, OSError, ValueError) as e:
-        print(f"convnext-np: error: cannot load model {args.model!r}: {e}", file=sys.stderr)
+    model = load_or_report(args)
+    if model is None:
         return 2
     try:
         for e in rows:
