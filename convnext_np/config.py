@@ -39,6 +39,18 @@ def _is_number(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and v == v
 
 
+def read_json_object(path) -> dict:
+    """A JSON file that must hold an object; WeightsError naming the file otherwise."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            d = json.load(f)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise WeightsError(f"{path}: cannot read config: {e}") from None
+    if not isinstance(d, dict):
+        raise WeightsError(f"{path}: config must be a JSON object, got {type(d).__name__}")
+    return d
+
+
 @dataclass
 class ConvNextConfig:
     """Architecture and labels of one ConvNeXt, as in a Hugging Face ``config.json``.
@@ -125,13 +137,15 @@ class ConvNextConfig:
 
     # --- Hugging Face config.json -------------------------------------------------------------
     @classmethod
-    def from_dict(cls, d: dict) -> "ConvNextConfig":
+    def from_dict(cls, d: dict, where=None) -> "ConvNextConfig":
+        """From a ``config.json`` as a dict; errors are prefixed with ``where`` (its path)."""
+        prefix = f"{where}: " if where is not None else ""
         try:
             return cls._from_dict(dict(d))
-        except WeightsError:
-            raise
+        except WeightsError as e:
+            raise WeightsError(f"{prefix}{e}") from None
         except (TypeError, ValueError, AttributeError) as e:
-            raise WeightsError(f"invalid ConvNeXt config: {e}") from None
+            raise WeightsError(f"{prefix}invalid ConvNeXt config: {e}") from None
 
     @classmethod
     def _from_dict(cls, d: dict) -> "ConvNextConfig":
@@ -152,17 +166,7 @@ class ConvNextConfig:
 
     @classmethod
     def from_json_file(cls, path: str | os.PathLike) -> "ConvNextConfig":
-        try:
-            with open(path, encoding="utf-8") as f:
-                d = json.load(f)
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise WeightsError(f"{path}: cannot read config: {e}") from None
-        if not isinstance(d, dict):
-            raise WeightsError(f"{path}: config must be a JSON object, got {type(d).__name__}")
-        try:
-            return cls.from_dict(d)
-        except WeightsError as e:
-            raise WeightsError(f"{path}: {e}") from None
+        return cls.from_dict(read_json_object(path), where=path)
 
     def to_dict(self) -> dict:
         d = dict(self.extra)

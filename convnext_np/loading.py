@@ -18,7 +18,7 @@ import numpy as np
 from safetensors.numpy import save_file
 
 from . import torch_pickle, weights
-from .config import VARIANTS, ConvNextConfig
+from .config import VARIANTS, ConvNextConfig, read_json_object
 from .errors import WeightsError
 from .labels import imagenet_labels
 from .model import ConvNeXt
@@ -81,16 +81,6 @@ def _find_weights(directory: Path) -> Path:
     raise WeightsError(f"{directory}: no weights found; expected one of {', '.join(WEIGHT_FILES)}")
 
 
-def _read_json(path: Path) -> dict:
-    try:
-        d = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise WeightsError(f"{path}: cannot read config: {e}") from None
-    if not isinstance(d, dict):
-        raise WeightsError(f"{path}: config must be a JSON object")
-    return d
-
-
 def _config_from_tensors(arch: dict, scheme: str, labels=None) -> ConvNextConfig:
     """A config for weights that came without an HF config.json (timm, facebookresearch, bare).
 
@@ -110,7 +100,7 @@ def _config_from_tensors(arch: dict, scheme: str, labels=None) -> ConvNextConfig
 def load_local(path: Path, *, backend: str = "auto", num_threads: int | None = None) -> ConvNeXt:
     """A model from a local directory or weights file (see the module docstring)."""
     path = Path(path)
-    config_json = _read_json(path / "config.json") if (path / "config.json").is_file() else None
+    config_json = read_json_object(path / "config.json") if (path / "config.json").is_file() else None
     weights_path = _find_weights(path) if path.is_dir() else path
     where = str(weights_path)
     state_dict = read_state_dict(weights_path)
@@ -139,7 +129,7 @@ def load_local(path: Path, *, backend: str = "auto", num_threads: int | None = N
             what = "ConvNeXt V2, which convnext_np does not implement" if model_type == "convnextv2" \
                 else "not a ConvNeXt"
             raise WeightsError(f"{path / 'config.json'}: model_type {model_type!r} is {what}")
-        config = ConvNextConfig.from_json_file(path / "config.json")
+        config = ConvNextConfig.from_dict(config_json, where=path / "config.json")
         if arch["num_labels"] == 0:  # a ConvNextModel (no head): HF ignores num_labels then
             config.id2label = {}
         for field in ("depths", "hidden_sizes", "num_labels"):
