@@ -24,7 +24,3 @@ def imagenet_labels(num_classes: int) -> list | None:
     name = LABEL_SETS.get(num_classes)
     return list(_read(name)) if name else None
 
-
-def is_generic(id2label: dict) -> bool:
-    """True for transformers' placeholder labels ``LABEL_0``, ``LABEL_1``, ..."""
-    return all(label == f"LABEL_{i}" for i, label in id2label.items())
