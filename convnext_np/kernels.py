@@ -19,17 +19,16 @@ Numba's on-disk cache, on first use.
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import os
 import threading
+import weakref
 
+import llvmlite.binding
 import numba
 import numpy as np
-import scipy.linalg.cython_blas  # noqa: F401  (what numba_xxgemm calls; ImportError -> no backend)
+from llvmlite import ir
 from numba import njit, prange, types
-from numba.extending import overload
-from numba.np.linalg import ensure_blas
+from numba.extending import intrinsic, overload
 
 if "OMP_NUM_THREADS" in os.environ and "NUMBA_NUM_THREADS" not in os.environ:
     try:
@@ -51,79 +50,208 @@ MIN_TILE_ROWS = 32
 CHUNK = 1 << 14  # elements per task of the purely elementwise kernels
 
 
-# --- BLAS ---------------------------------------------------------------------------------------
+# --- GEMM ---------------------------------------------------------------------------------------
+#
+# Every GEMM of the forward pass is ``c = a @ b`` with ``a`` the (pixels, C_in) activations and
+# ``b`` the (C_in, C_out) weight, both row-major. It is computed here rather than in BLAS because
+# (1) the epilogue (bias, GELU, layer scale, residual) then runs on each strip of output rows
+# while it is still in L1/L2, and (2) the GEMM runs inside the caller's Numba threads, so no BLAS
+# thread pool spins against them (perf-notes). And it is faster here: with the AVX-512 kernel
+# below, 265-280 GFLOP/s per core on the tiny's shapes, against 260-270 for OpenBLAS's Haswell
+# kernels on two cores (docs/kernels.md).
+#
+# Goto/BLIS structure, with the register-blocked inner kernel written in LLVM IR: an MR x NR
+# block of ``c`` (MR rows, NR = 2 vectors of columns) lives in MR * NR / lanes vector registers
+# (28 of the 32 zmm registers with AVX-512) for a whole run over k; each step loads NR weights
+# (2 vectors), broadcasts MR activations and issues MR * 2 fused multiply-adds. Written as plain
+# Numba loops the accumulators went through memory; the IR keeps them in SSA values, so LLVM's
+# register allocator keeps them in registers. Neither operand is packed: ``b``'s rows are read
+# in place (NR contiguous floats per k) and the MR rows of ``a`` are read at their own stride;
+# packing either made no difference that we could measure at these sizes. k runs in blocks of
+# at most KC = 256 so that the weight block of a pass stays in L2 while all row strips reuse it.
+# Ragged edges (rows past ``mv``, columns past ``nv``) are masked loads and stores, so any shape
+# takes the same kernel; rows past ``mv`` read row ``mv - 1`` again and are never stored.
 
-_xxgemm = types.ExternalFunction("numba_xxgemm", types.intc(
-    types.char, types.char, types.char, types.intp, types.intp, types.intp,
-    types.CPointer(types.float32), types.CPointer(types.float32), types.intp,
-    types.CPointer(types.float32), types.intp, types.CPointer(types.float32),
-    types.CPointer(types.float32), types.intp))
+
+def _vector_shape():
+    """(lanes, MR, NR) for this CPU: what fits the vector register file of the host's ISA."""
+    if numba.config.CPU_NAME not in (None, "host"):  # NUMBA_CPU_NAME: assume only SSE-class vectors
+        return 4, 6, 8
+    features = llvmlite.binding.get_host_cpu_features()
+    if features.get("avx512f"):
+        return 16, 14, 32  # 32 zmm: 28 accumulators, 2 weight vectors, 1 broadcast
+    if features.get("avx2") and features.get("fma"):
+        return 8, 6, 16  # 16 ymm: 12 + 2 + 1
+    return 4, 6, 8  # 16 xmm (SSE, NEON): 12 + 2 + 1
 
 
-def _sgemm(a, b, c):
-    """``c[...] = a @ b`` for 2-D float32 views whose rows are contiguous (strided rows are fine).
+LANES, MR, NR = _vector_shape()
+KC = 256
+PREFETCH_ROWS = 16  # weight rows ahead that the kernel asks the cache for
 
-    This body runs under ``NUMBA_DISABLE_JIT``; compiled code calls BLAS ``sgemm`` directly (below),
-    in the calling thread, with the views' own leading dimensions, so column blocks need no copy.
+
+def _make_microkernel(lanes, mr, nr):
+    """An intrinsic ``mk(kc, a, lda, b, ldb, c, ldc, mv, nv, accumulate)`` on raw float32 addresses:
+    ``c[:mv, :nv] = (c if accumulate else 0) + a[:mv, :kc] @ b[:kc, :nv]`` (leading dimensions in
+    elements), for the block of MR x NR at most."""
+    nvec = nr // lanes
+
+    @intrinsic
+    def mk(typingctx, kc, a, lda, b, ldb, c, ldc, mv, nv, accumulate):
+        sig = types.void(*(types.intp,) * 10)
+
+        def codegen(context, builder, signature, args):
+            kc, a, lda, b, ldb, c, ldc, mv, nv, accumulate = args
+            i64, i32, f32 = kc.type, ir.IntType(32), ir.FloatType()
+            vec, mask_t = ir.VectorType(f32, lanes), ir.VectorType(ir.IntType(1), lanes)
+            module = builder.module
+
+            def declare(name, ret, *params):
+                return module.globals.get(name) or ir.Function(module, ir.FunctionType(ret, params), name)
+
+            ptr = f32.as_pointer()
+            vptr = vec.as_pointer()
+            fma = declare(f"llvm.fma.v{lanes}f32", vec, vec, vec, vec)
+            mload = declare(f"llvm.masked.load.v{lanes}f32.p0", vec, vptr, i32, mask_t, vec)
+            mstore = declare(f"llvm.masked.store.v{lanes}f32.p0", ir.VoidType(), vec, vptr, i32, mask_t)
+            prefetch = declare("llvm.prefetch.p0", ir.VoidType(), ir.IntType(8).as_pointer(), i32, i32, i32)
+            align = ir.Constant(i32, 4)
+            zero = ir.Constant(vec, [0.0] * lanes)
+            const = lambda v: ir.Constant(i64, v)  # noqa: E731
+
+            def splat(value, vtype):
+                one = builder.insert_element(ir.Constant(vtype, ir.Undefined), value, ir.Constant(i32, 0))
+                return builder.shuffle_vector(one, ir.Constant(vtype, ir.Undefined),
+                                              ir.Constant(ir.VectorType(i32, lanes), [0] * lanes))
+
+            # Column masks (lane j of vector v is column v * lanes + j < nv) and row masks.
+            nv32 = splat(builder.trunc(nv, i32), ir.VectorType(i32, lanes))
+            col_mask = [builder.icmp_signed("<", ir.Constant(ir.VectorType(i32, lanes),
+                                                             [v * lanes + j for j in range(lanes)]), nv32)
+                        for v in range(nvec)]
+            acc_on = builder.icmp_signed("!=", accumulate, const(0))
+            a_base, b_base, c_base = (builder.inttoptr(x, ptr) for x in (a, b, c))
+            a_rows, c_ptrs, c_masks, init = [], [], [], []
+            for i in range(mr):
+                stored = builder.icmp_signed("<", const(i), mv)
+                row = builder.select(stored, const(i), builder.sub(mv, const(1)))
+                a_rows.append(builder.gep(a_base, [builder.mul(row, lda)]))
+                c_row = builder.gep(c_base, [builder.mul(const(i), ldc)])
+                for v in range(nvec):
+                    p = builder.bitcast(builder.gep(c_row, [const(v * lanes)]), vptr)
+                    m = builder.and_(col_mask[v], splat(stored, mask_t))
+                    c_ptrs.append(p)
+                    c_masks.append(m)
+                    init.append(builder.call(mload, [p, align, builder.and_(m, splat(acc_on, mask_t)), zero]))
+
+            entry = builder.block
+            loop = builder.append_basic_block("mk.loop")
+            done = builder.append_basic_block("mk.done")
+            builder.cbranch(builder.icmp_signed(">", kc, const(0)), loop, done)
+            builder.position_at_end(loop)
+            k = builder.phi(i64)
+            acc = [builder.phi(vec) for _ in init]
+            b_row = builder.gep(b_base, [builder.mul(k, ldb)])
+            ahead = builder.gep(b_row, [builder.mul(const(PREFETCH_ROWS), ldb)])
+            for off in range(0, nr, 16):
+                builder.call(prefetch, [builder.bitcast(builder.gep(ahead, [const(off)]), ir.IntType(8).as_pointer()),
+                                        ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)])
+            w = [builder.call(mload, [builder.bitcast(builder.gep(b_row, [const(v * lanes)]), vptr),
+                                      align, col_mask[v], zero]) for v in range(nvec)]
+            new = []
+            for i in range(mr):
+                x = splat(builder.load(builder.gep(a_rows[i], [k])), vec)
+                new += [builder.call(fma, [x, w[v], acc[i * nvec + v]]) for v in range(nvec)]
+            k_next = builder.add(k, const(1))
+            body_end = builder.block
+            k.add_incoming(const(0), entry)
+            k.add_incoming(k_next, body_end)
+            for phi, first, later in zip(acc, init, new):
+                phi.add_incoming(first, entry)
+                phi.add_incoming(later, body_end)
+            builder.cbranch(builder.icmp_signed("<", k_next, kc), loop, done)
+
+            builder.position_at_end(done)
+            results = [builder.phi(vec) for _ in init]
+            for result, first, later in zip(results, init, new):
+                result.add_incoming(first, entry)
+                result.add_incoming(later, body_end)
+            for result, p, m in zip(results, c_ptrs, c_masks):
+                builder.call(mstore, [result, p, align, m])
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return mk
+
+
+_microkernel = _make_microkernel(LANES, MR, NR)
+
+
+def pack(w):
+    """The (K, N) weight ``w`` as column panels (ceil(N / NR), K, NR), the last one zero-padded.
+
+    The kernel's weight operand: each panel is one contiguous stream for the kernel's run over k
+    (in ``w`` itself, successive rows of a panel are N floats apart: every row a different page
+    for the late stages, which left the kernel waiting on memory, and 40% of batch 1's time in
+    stages 3 and 4). Packing copies ``w`` once; the public functions keep the panels of each
+    read-only weight (a loaded model's) for as long as that array lives (:func:`_panels`).
     """
-    np.matmul(a, b, out=c)
+    k, n = w.shape
+    panels = np.zeros((-(-n // NR), k, NR), np.float32)
+    for jp in range(panels.shape[0]):
+        panels[jp, :, :min(NR, n - jp * NR)] = w[:, jp * NR:(jp + 1) * NR]
+    return panels
 
 
-@overload(_sgemm)
-def _sgemm_jit(a, b, c):
-    ensure_blas()
-    kind, notrans = ord("s"), ord("n")
+_PACKED = {}  # id(weight) -> (weak reference to it, its panels)
+_PACKED_LOCK = threading.Lock()
 
-    def impl(a, b, c):
-        m, k = a.shape
-        n = b.shape[1]
-        if m == 0 or n == 0:
-            return
-        coef = np.array([1.0, 0.0], dtype=np.float32)  # alpha, beta
-        # Row-major c = a @ b is column-major c^T = b^T a^T: swap the operands.
-        _xxgemm(kind, notrans, notrans, n, m, k, coef.ctypes, b.ctypes, b.strides[0] // 4,
-                a.ctypes, a.strides[0] // 4, coef[1:].ctypes, c.ctypes, c.strides[0] // 4)
+
+def _panels(w):
+    """``pack(w)``, from the cache when ``w`` is a read-only array that owns its memory.
+
+    Only then can its values not change behind the cache's back (``ConvNeXt`` makes its
+    parameters read-only); anything else is packed on every call. An entry goes when its weight
+    is garbage-collected.
+    """
+    if w.flags.writeable or not w.flags.owndata:
+        return pack(w)
+    key = id(w)
+    with _PACKED_LOCK:
+        hit = _PACKED.get(key)
+        if hit is not None and hit[0]() is w:
+            return hit[1]
+    panels = pack(w)
+    with _PACKED_LOCK:
+        _PACKED[key] = (weakref.ref(w, lambda _, key=key: _PACKED.pop(key, None)), panels)
+    return panels
+
+
+def _tile_gemm(a, i0, mv, k0, kc, panels, jp, nv, c, accumulate):
+    """c[i0:i0+mv, j0:j0+nv] (+)= a[i0:i0+mv, k0:k0+kc] @ w[k0:k0+kc, j0:j0+nv], j0 = jp * NR,
+    for the weight w whose panels these are.
+
+    This body runs under ``NUMBA_DISABLE_JIT``; compiled code runs the register-blocked kernel
+    above on the same block (mv <= MR, nv <= NR).
+    """
+    j0 = jp * NR
+    prod = a[i0:i0 + mv, k0:k0 + kc] @ panels[jp, k0:k0 + kc, :nv]
+    if accumulate:
+        c[i0:i0 + mv, j0:j0 + nv] += prod
+    else:
+        c[i0:i0 + mv, j0:j0 + nv] = prod
+
+
+@overload(_tile_gemm)
+def _tile_gemm_jit(a, i0, mv, k0, kc, panels, jp, nv, c, accumulate):
+    def impl(a, i0, mv, k0, kc, panels, jp, nv, c, accumulate):
+        lda, ldc = a.strides[0] // 4, c.strides[0] // 4
+        b = panels.ctypes.data + 4 * (jp * panels.shape[1] + k0) * NR
+        _microkernel(kc, a.ctypes.data + 4 * (i0 * lda + k0), lda, b, NR,
+                     c.ctypes.data + 4 * (i0 * ldc + jp * NR), ldc, mv, nv, 1 if accumulate else 0)
 
     return impl
-
-
-def _blas_thread_api():
-    """(get, set) for the thread count of the BLAS behind scipy (OpenBLAS), or None."""
-    try:
-        lib = ctypes.CDLL(scipy.linalg.cython_blas.__file__)  # dlsym searches its dependencies
-    except OSError:
-        return None
-    for prefix in ("scipy_openblas", "openblas"):
-        get = getattr(lib, f"{prefix}_get_num_threads", None)
-        put = getattr(lib, f"{prefix}_set_num_threads", None)
-        if get is not None and put is not None:
-            put.argtypes = [ctypes.c_int]
-            return get, put
-    return None
-
-
-_BLAS_THREADS = _blas_thread_api()
-
-
-@contextlib.contextmanager
-def _single_threaded_blas():
-    """BLAS calls made inside our threads run in those threads only; restored on exit.
-
-    Only scipy's BLAS changes (NumPy bundles a separate copy, which keeps its threads). Costs
-    about a microsecond.
-    """
-    if _BLAS_THREADS is None:
-        yield
-        return
-    get, put = _BLAS_THREADS
-    previous = get()
-    if previous != 1:
-        put(1)
-    try:
-        yield
-    finally:
-        if previous != 1:
-            put(previous)
 
 
 # --- Scalar and row helpers (compiled into the kernels that call them) ---------------------------
@@ -214,6 +342,41 @@ def _layer_norm_rows(v, r0, r1, w, b, eps, out):
         rstd = _ONE / np.sqrt(s * inv_c + eps)
         for c in range(nc):
             dst[c] = (src[c] - mean) * rstd * w[c] + b[c]
+
+
+# The epilogues of _gemm: what happens to each strip of MR output rows once its sums are final.
+EPI_BIAS, EPI_GELU, EPI_RESIDUAL = 0, 1, 2
+
+
+@njit(**_JIT)
+def _gemm(a, b, c, r0, r1, j0, j1, epilogue, bias, gamma, x2, out2, x_row0):
+    """c[r0:r1, j0:j1] = a[r0:r1] @ w[:, j0:j1] (``b``: the panels of w, j0 a multiple of NR), then on each strip of MR rows, while it is in cache:
+
+    - EPI_BIAS: ``c += bias``;
+    - EPI_GELU: ``c = gelu(c + bias)`` (fc1);
+    - EPI_RESIDUAL: ``out2[x_row0 + r] = x2[x_row0 + r] + gamma * (c[r] + bias)`` (fc2; ``c`` is
+      scratch).
+
+    ``a`` and ``c`` are indexed by the same row numbers; rows only need unit inner strides.
+    """
+    if r0 >= r1 or j0 >= j1:
+        return
+    k = a.shape[1]
+    steps = max(1, -(-k // KC))
+    kc_step = max(1, -(-k // steps))  # equal k blocks: 384 -> 2 x 192, not 256 + 128
+    for p0 in range(0, max(k, 1), kc_step):
+        kc = max(0, min(kc_step, k - p0))
+        for i in range(r0, r1, MR):
+            mv = min(MR, r1 - i)
+            for jp in range(j0 // NR, -(-j1 // NR)):
+                _tile_gemm(a, i, mv, p0, kc, b, jp, min(NR, j1 - jp * NR), c, p0 > 0)
+            if p0 + kc >= k:
+                if epilogue == EPI_BIAS:
+                    _add_bias(c, i, i + mv, j0, j1, bias)
+                elif epilogue == EPI_GELU:
+                    _bias_gelu(c, i, i + mv, j0, j1, bias)
+                else:
+                    _residual(x2, c, x_row0, x_row0 + i, x_row0 + i + mv, j0, j1, gamma, bias, out2)
 
 
 # Depthwise conv. The 7x7 path keeps the 7 input rows that an output row needs in a ring of
@@ -365,7 +528,7 @@ def _block_tall(x, dw_w, dw_b, ln_w, ln_b, eps, w1, b1, w2, b2, gamma, ntasks, a
     """
     n, height, width, nc = x.shape
     m = n * height * width
-    c4 = w1.shape[1]
+    c4 = b1.shape[0]  # w1, w2: panels (pack)
     x2, out2 = x.reshape(m, nc), out.reshape(m, nc)
     threads = a3.shape[0]
     per = ntasks // threads
@@ -375,10 +538,8 @@ def _block_tall(x, dw_w, dw_b, ln_w, ln_b, eps, w1, b1, w2, b2, gamma, ntasks, a
             r0, r1 = t * m // ntasks, (t + 1) * m // ntasks
             mt = r1 - r0
             _dwconv_span(x, r0, r1, dw_w, dw_b, ln_w, ln_b, eps, a, 0)
-            _sgemm(a[:mt], w1, hid[:mt])
-            _bias_gelu(hid, 0, mt, 0, c4, b1)
-            _sgemm(hid[:mt], w2, o[:mt])
-            _residual(x2, o, r0, r0, r1, 0, nc, gamma, b2, out2)
+            _gemm(a, w1, hid, 0, mt, 0, c4, EPI_GELU, b1, gamma, x2, out2, 0)
+            _gemm(hid, w2, o, 0, mt, 0, nc, EPI_RESIDUAL, b2, gamma, x2, out2, r0)
 
 
 @njit(parallel=True, **_JIT)
@@ -391,7 +552,7 @@ def _block_wide(x, dw_w, dw_b, ln_w, ln_b, eps, w1, b1, w2, b2, gamma, parts, ou
     """
     n, height, width, nc = x.shape
     m = n * height * width
-    c4 = w1.shape[1]
+    c4 = b1.shape[0]  # w1, w2: panels (pack)
     x2, out2 = x.reshape(m, nc), out.reshape(m, nc)
     a = np.empty((m, nc), np.float32)
     hid = np.empty((m, c4), np.float32)
@@ -402,15 +563,11 @@ def _block_wide(x, dw_w, dw_b, ln_w, ln_b, eps, w1, b1, w2, b2, gamma, parts, ou
         p0, p1 = (t * rows // tasks) * width, ((t + 1) * rows // tasks) * width
         _dwconv_span(x, p0, p1, dw_w, dw_b, ln_w, ln_b, eps, a, p0)
     for t in prange(parts):
-        c0, c1 = _split(c4, parts, t, 16)
-        if c0 < c1:
-            _sgemm(a, w1[:, c0:c1], hid[:, c0:c1])
-            _bias_gelu(hid, 0, m, c0, c1, b1)
+        c0, c1 = _split(c4, parts, t, NR)
+        _gemm(a, w1, hid, 0, m, c0, c1, EPI_GELU, b1, gamma, x2, out2, 0)
     for t in prange(parts):
-        c0, c1 = _split(nc, parts, t, 16)
-        if c0 < c1:
-            _sgemm(hid, w2[:, c0:c1], o[:, c0:c1])
-            _residual(x2, o, 0, 0, m, c0, c1, gamma, b2, out2)
+        c0, c1 = _split(nc, parts, t, NR)
+        _gemm(hid, w2, o, 0, m, c0, c1, EPI_RESIDUAL, b2, gamma, x2, out2, 0)
 
 
 @njit(parallel=True, **_JIT)
@@ -418,17 +575,14 @@ def _linear_tall(x2, w, b, ntasks, out):
     m = x2.shape[0]
     for t in prange(ntasks):
         r0, r1 = t * m // ntasks, (t + 1) * m // ntasks
-        _sgemm(x2[r0:r1], w, out[r0:r1])
-        _add_bias(out, r0, r1, 0, out.shape[1], b)
+        _gemm(x2, w, out, r0, r1, 0, out.shape[1], EPI_BIAS, b, b, out, out, 0)
 
 
 @njit(parallel=True, **_JIT)
 def _linear_wide(x2, w, b, parts, out):
     for t in prange(parts):
-        c0, c1 = _split(out.shape[1], parts, t, 16)
-        if c0 < c1:
-            _sgemm(x2, w[:, c0:c1], out[:, c0:c1])
-            _add_bias(out, 0, out.shape[0], c0, c1, b)
+        c0, c1 = _split(out.shape[1], parts, t, NR)
+        _gemm(x2, w, out, 0, out.shape[0], c0, c1, EPI_BIAS, b, b, out, out, 0)
 
 
 @njit(fastmath=_REASSOC, **_JIT)
@@ -474,7 +628,7 @@ def _patch_linear(x, patch, pre_w, pre_b, pre_eps, w, b, post_w, post_b, post_ep
     ``tall``: tiles of output pixels, each gathered, multiplied and finished in one thread.
     Otherwise (few pixels) all patches are gathered first, and the GEMM splits its columns.
     """
-    m, co, k = out2.shape[0], out2.shape[1], w.shape[0]
+    m, co, k = out2.shape[0], out2.shape[1], w.shape[1]  # w: panels (pack)
     post = post_w.shape[0] > 0
     threads = a3.shape[0]
     if tall:
@@ -485,12 +639,10 @@ def _patch_linear(x, patch, pre_w, pre_b, pre_eps, w, b, post_w, post_b, post_ep
                 r0, r1 = t * m // tasks, (t + 1) * m // tasks
                 _gather_patches(x, patch, r0, r1, pre_w, pre_b, pre_eps, a, 0)
                 if post:  # bias, then LayerNorm from the tile into the output
-                    _sgemm(a[:r1 - r0], w, y[:r1 - r0])
-                    _add_bias(y, 0, r1 - r0, 0, co, b)
+                    _gemm(a, w, y, 0, r1 - r0, 0, co, EPI_BIAS, b, b, y, y, 0)
                     _layer_norm_rows(y, 0, r1 - r0, post_w, post_b, post_eps, out2[r0:r1])
                 else:
-                    _sgemm(a[:r1 - r0], w, out2[r0:r1])
-                    _add_bias(out2, r0, r1, 0, co, b)
+                    _gemm(a, w, out2[r0:r1], 0, r1 - r0, 0, co, EPI_BIAS, b, b, y, y, 0)
     else:
         a = np.empty((m, k), np.float32)
         y = np.empty((m, co), np.float32) if post else out2
@@ -498,10 +650,8 @@ def _patch_linear(x, patch, pre_w, pre_b, pre_eps, w, b, post_w, post_b, post_ep
             _gather_patches(x, patch, t * m // tasks, (t + 1) * m // tasks, pre_w, pre_b, pre_eps, a,
                             t * m // tasks)
         for t in prange(threads):
-            c0, c1 = _split(co, threads, t, 16)
-            if c0 < c1:
-                _sgemm(a, w[:, c0:c1], y[:, c0:c1])
-                _add_bias(y, 0, m, c0, c1, b)
+            c0, c1 = _split(co, threads, t, NR)
+            _gemm(a, w, y, 0, m, c0, c1, EPI_BIAS, b, b, y, y, 0)
         if post:
             for t in prange(tasks):
                 _layer_norm_rows(y, t * m // tasks, (t + 1) * m // tasks, post_w, post_b, post_eps, out2)
@@ -604,11 +754,10 @@ def linear(x, w, b):
     out = np.empty((x2.shape[0], w.shape[1]), np.float32)
     if x2.shape[0]:
         threads = _threads()
-        with _single_threaded_blas():
-            if _is_tall(x2.shape[0], threads):
-                _linear_tall(x2, w, b, _row_tasks(x2.shape[0], w.shape[1], threads), out)
-            else:
-                _linear_wide(x2, w, b, threads, out)
+        if _is_tall(x2.shape[0], threads):
+            _linear_tall(x2, _panels(w), b, _row_tasks(x2.shape[0], w.shape[1], threads), out)
+        else:
+            _linear_wide(x2, _panels(w), b, threads, out)
     return out.reshape(*x.shape[:-1], w.shape[1])
 
 
@@ -638,9 +787,8 @@ def _patch_layer(x, w, b, patch, pre=None, post=None):
     tasks = _row_tasks(m, w.shape[0] + w.shape[1], threads) if tall else min(m, 4 * threads)
     rows = -(-m // tasks) if tall else 0
     a3, y3 = _scratch(threads, rows, w.shape[0], w.shape[1] if post is not None else 0)
-    with _single_threaded_blas():
-        _patch_linear(x, patch, pre_w, pre_b, _F32(pre_eps), w, b, post_w, post_b, _F32(post_eps),
-                      tall, tasks, a3, y3, out.reshape(m, w.shape[1]))
+    _patch_linear(x, patch, pre_w, pre_b, _F32(pre_eps), _panels(w), b, post_w, post_b, _F32(post_eps),
+                  tall, tasks, a3, y3, out.reshape(m, w.shape[1]))
     return out
 
 
@@ -722,11 +870,11 @@ def block(x, dwconv_w, dwconv_b, norm_w, norm_b, pwconv1_w, pwconv1_b, pwconv2_w
     if x.size == 0:
         return out
     m, threads = x.size // c, _threads()
-    with _single_threaded_blas():
-        if _is_tall(m, threads):
-            tasks = _row_tasks(m, w1.shape[1], threads)
-            a3, hid3, o3 = _scratch(threads, -(-m // tasks), c, w1.shape[1], c)
-            _block_tall(x, dw_w, dw_b, ln_w, ln_b, _F32(eps), w1, b1, w2, b2, g, tasks, a3, hid3, o3, out)
-        else:
-            _block_wide(x, dw_w, dw_b, ln_w, ln_b, _F32(eps), w1, b1, w2, b2, g, threads, out)
+    if _is_tall(m, threads):
+        tasks = _row_tasks(m, w1.shape[1], threads)
+        a3, hid3, o3 = _scratch(threads, -(-m // tasks), c, w1.shape[1], c)
+        _block_tall(x, dw_w, dw_b, ln_w, ln_b, _F32(eps), _panels(w1), b1, _panels(w2), b2, g, tasks,
+                    a3, hid3, o3, out)
+    else:
+        _block_wide(x, dw_w, dw_b, ln_w, ln_b, _F32(eps), _panels(w1), b1, _panels(w2), b2, g, threads, out)
     return out

@@ -70,6 +70,23 @@ def forward(params, x, *, eps, head_eps, ops):
     return hidden, pooled, logits
 
 
+def _read_only(tree):
+    """Mark every array of the parameter tree read-only (in place) and return the tree.
+
+    A loaded model's weights are constants: writing to one raises instead of changing the model
+    silently, and the Numba backend may keep a derived copy of each (kernels.pack).
+    """
+    if isinstance(tree, np.ndarray):
+        tree.flags.writeable = False
+    elif isinstance(tree, dict):
+        for value in tree.values():
+            _read_only(value)
+    elif isinstance(tree, list):
+        for value in tree:
+            _read_only(value)
+    return tree
+
+
 @dataclass
 class ConvNextOutput:
     """What a forward pass returns; names as in transformers (``pooled`` = ``pooler_output``)."""
@@ -90,7 +107,7 @@ class ConvNeXt:
     def __init__(self, config: ConvNextConfig, params: dict, *, backend: str = "auto",
                  preprocessor=None, source: str | None = None, num_threads: int | None = None):
         self.config = config
-        self.params = params
+        self.params = _read_only(params)
         self.backend = backends.resolve(backend)
         self.num_threads = threads.check(num_threads)  # None: as the environment configures
         self.preprocessor = preprocessor

@@ -227,14 +227,28 @@ def test_mismatched_shapes_are_refused():
         kernels.patchify(x, rand(rng, 5, 3), rand(rng, 3), 2)
 
 
-def test_blas_thread_count_is_restored():
-    if kernels._BLAS_THREADS is None:
-        pytest.skip("no OpenBLAS thread control behind scipy here")
-    get, _ = kernels._BLAS_THREADS
-    before = get()
+@pytest.mark.skipif(not JIT, reason="the register-blocked kernel exists only compiled")
+@pytest.mark.parametrize("shape", [(16, 14, 32), (8, 6, 16), (4, 6, 8)], ids=["avx512", "avx2", "sse"])
+def test_microkernel_writes_exactly_its_block(shape):
+    """Each (lanes, MR, NR) that _vector_shape can pick, whatever this CPU is: ragged blocks are
+    computed right, and nothing outside the mv x nv block is written (masked stores)."""
+    lanes, mr, nr = shape
+    mk = kernels._make_microkernel(lanes, mr, nr)
+
+    @numba.njit
+    def run(kc, a, b, c, mv, nv, accumulate):
+        mk(kc, a.ctypes.data, a.shape[1], b.ctypes.data, b.shape[1], c.ctypes.data, c.shape[1], mv, nv,
+           accumulate)
+
     rng = np.random.default_rng(0)
-    kernels.linear(rand(rng, 600, 8), rand(rng, 8, 16), rand(rng, 16))
-    assert get() == before
+    for kc, mv, nv, accumulate in [(0, mr, nr, 0), (1, 1, 1, 0), (7, mr, nr, 0), (9, mr - 1, nr - 3, 1),
+                                   (5, 2, lanes + 1, 1), (300, mr, nr, 1)]:
+        a, b = rand(rng, mr, kc + 1), rand(rng, kc + 1, nr + 5)
+        c = rand(rng, mr + 2, nr + 5)
+        want = c.copy()
+        want[:mv, :nv] = (c[:mv, :nv] if accumulate else 0) + a[:mv, :kc] @ b[:kc, :nv]
+        run(kc, a, b, c, mv, nv, accumulate)
+        assert_allclose(c, want, rtol=1e-5, atol=1e-5 * max(1.0, kc))
 
 
 # --- the whole model: Numba against NumPy ------------------------------------------------------------
