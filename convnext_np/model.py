@@ -77,7 +77,9 @@ def _read_only(tree):
     silently, and the Numba backend may keep a derived copy of each (kernels.pack).
     """
     if isinstance(tree, np.ndarray):
-        tree.flags.writeable = False
+        while isinstance(tree, np.ndarray):  # and the arrays it views (a reshaped copy, say)
+            tree.flags.writeable = False
+            tree = tree.base
     elif isinstance(tree, dict):
         for value in tree.values():
             _read_only(value)
