@@ -251,6 +251,33 @@ def test_microkernel_writes_exactly_its_block(shape):
         assert_allclose(c, want, rtol=1e-5, atol=1e-5 * max(1.0, kc))
 
 
+@pytest.mark.skipif(not JIT, reason="the unrolled kernel exists only compiled")
+@pytest.mark.parametrize("shape", [(16, 14), (8, 6), (4, 6)], ids=["avx512", "avx2", "sse"])
+def test_depthwise_tile_kernel_writes_exactly_its_tile(shape):
+    """Each (lanes, pixels) the depthwise kernel can be built with: ragged tiles (fewer pixels,
+    fewer channels) are right, and nothing outside the tile is written."""
+    lanes, pixels = shape
+    dw = kernels._make_dw7_kernel(lanes, pixels)
+
+    @numba.njit
+    def run(ring, slot0, w0, pv, c0, cv, wt, bias, out, o0):
+        nc = ring.shape[2]
+        dw(ring.ctypes.data + 4 * (w0 * nc + c0), slot0, ring.shape[1] * nc, nc, wt.ctypes.data + 4 * c0,
+           bias.ctypes.data + 4 * c0, out.ctypes.data + 4 * (o0 * out.shape[1] + c0), out.shape[1], pv, cv)
+
+    rng = np.random.default_rng(0)
+    nc = 2 * lanes + 3
+    for slot0, w0, pv, c0, cv in [(0, 0, pixels, 0, lanes), (3, 2, 1, lanes, lanes), (6, 1, pixels - 1, 2 * lanes, 3),
+                                  (5, 0, 2, 1, lanes - 1)]:
+        ring = rand(rng, 7, w0 + pv + 6, nc)  # exactly as wide as the tile needs: no read past it
+        wt, bias = rand(rng, 7, 7, nc), rand(rng, nc)
+        out = rand(rng, pixels + 3, nc)
+        want = out.copy()
+        kernels._dw7_tile(ring, slot0, w0, pv, c0, cv, wt, bias, want, 1)  # called from Python: the NumPy twin
+        run(ring, slot0, w0, pv, c0, cv, wt, bias, out, 1)
+        assert_allclose(out, want, rtol=1e-5, atol=1e-5)
+
+
 # --- the whole model: Numba against NumPy ------------------------------------------------------------
 
 def both_backends(source):
