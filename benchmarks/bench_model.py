@@ -9,7 +9,9 @@ up (at least 3 passes and 1 s per batch size), then the workers take turns, orde
 each timing a ~0.6 s slice of forward passes after a 0.3 s pause, for --rounds rounds. Reported:
 median (min-max) milliseconds per image over all timed passes, and the ratios the targets of
 issue 4 are stated in. The "GEMM floor" contender runs only the forward pass's GEMMs (stem,
-fc1/fc2 of every block, downsampling, classifier) with ``np.matmul`` into preallocated outputs.
+fc1/fc2 of every block, downsampling, classifier) with ``np.matmul`` into preallocated outputs;
+"the same GEMMs, convnext_np's kernel" runs them through ``kernels.linear`` instead, so that
+``numba / its own GEMMs`` is what the rest of the forward pass costs on top of its GEMMs.
 
 --report adds, in fresh processes: peak RSS (VmHWM) of classifying one batch; launch-to-first-
 logits with a cold and a warm Numba cache (and ``import convnext_np`` alone); the per-op
@@ -63,6 +65,7 @@ def comparison_table(res: dict, batches) -> str:
         if c in res:
             lines.append(f"| {LABELS[c]} | " + " | ".join(fmt(res[c][b]) for b in batches) + " |")
     pairs = [("numba", "onnxruntime", "numba / ONNX Runtime"), ("numba", "floor", "numba / GEMM floor"),
+             ("numba", "gemms", "numba / its own GEMMs alone"),
              ("numba", "torch", "numba / PyTorch eager"), ("numpy", "torch", "numpy / PyTorch eager"),
              ("onnxruntime", "floor", "ONNX Runtime / GEMM floor")]
     for a, b, label in pairs:
@@ -170,7 +173,7 @@ def report(path: Path, args) -> None:
     started = time.time()
     command = "python benchmarks/bench_model.py " + " ".join(sys.argv[1:])
     facts = harness.machine()
-    main_contenders = ["numba", "numpy", "torch", "onnxruntime", "floor"]
+    main_contenders = ["numba", "numpy", "torch", "onnxruntime", "floor", "gemms"]
     batches = [1, 8]
     res = comparison("tiny", 224, batches, args.threads, args.rounds, main_contenders)
     pinned = os.environ.get("OPENBLAS_CORETYPE")
@@ -224,9 +227,9 @@ def report(path: Path, args) -> None:
         "",
         "Interleaved (see `benchmarks/bench_model.py`); realistic random weights, the same for all.",
         "",
-        (f"With the environment as it is here: `OPENBLAS_CORETYPE={pinned}`, so NumPy's and scipy's "
-         "OpenBLAS run those kernels (the GEMM floor, and every GEMM of both convnext_np backends); "
-         "ONNX Runtime (MLAS) and PyTorch (oneDNN) choose their own." if pinned else ""),
+        (f"With the environment as it is here: `OPENBLAS_CORETYPE={pinned}`, so NumPy's OpenBLAS runs "
+         "those kernels (the GEMM floor, and every GEMM of the numpy backend); the numba backend "
+         "uses its own GEMM kernel, ONNX Runtime (MLAS) and PyTorch (oneDNN) theirs." if pinned else ""),
         "",
         comparison_table(res, batches),
         "",
@@ -239,8 +242,8 @@ def report(path: Path, args) -> None:
         parts += [
             f"### The same without `OPENBLAS_CORETYPE` (OpenBLAS's own choice here: {native_cores})",
             "",
-            "Measured in the same way right after the table above; only the GEMM kernels of the "
-            "NumPy-based contenders change.",
+            "Measured in the same way right after the table above; only the kernels of NumPy's OpenBLAS "
+            "change (the numpy backend and the GEMM floor).",
             "",
             comparison_table(native, batches),
             "",

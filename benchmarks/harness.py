@@ -8,8 +8,9 @@ coordinator asks each in turn for a slice of timed forward passes, pausing betwe
 
 Contenders: ``numba`` and ``numpy`` (convnext_np's backends), ``torch`` (transformers'
 ConvNextForImageClassification, eager, ``inference_mode``), ``onnxruntime`` (that torch model
-exported to ONNX, CPU provider, all graph optimisations) and ``floor`` (every GEMM of the
-forward pass, ``np.matmul`` into preallocated outputs: the GEMM floor). All load the same
+exported to ONNX, CPU provider, all graph optimisations), ``floor`` (every GEMM of the
+forward pass, ``np.matmul`` into preallocated outputs: the GEMM floor) and ``gemms`` (the same
+GEMMs through ``convnext_np.kernels.linear``: the Numba backend's own GEMM, alone). All load the same
 realistic random weights, written once in Hugging Face layout.
 """
 
@@ -27,10 +28,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 WORKDIR = Path(tempfile.gettempdir()) / "convnext_np_bench"
-CONTENDERS = ("numba", "numpy", "torch", "onnxruntime", "floor")
+CONTENDERS = ("numba", "numpy", "torch", "onnxruntime", "floor", "gemms")
 LABELS = {"numba": 'convnext_np backend="numba"', "numpy": 'convnext_np backend="numpy"',
           "torch": "PyTorch eager (transformers)", "onnxruntime": "ONNX Runtime",
-          "floor": "GEMM floor (NumPy sgemm)"}
+          "floor": "GEMM floor (NumPy sgemm)", "gemms": "the same GEMMs, convnext_np's kernel"}
 SETTLE_S = 0.3  # pause before each slice: spinning threads of the previous contender go to sleep
 
 
@@ -126,12 +127,14 @@ def build(contender: str, d: Path, threads: int):
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         session = ort.InferenceSession(str(d / "model.onnx"), options, providers=["CPUExecutionProvider"])
         return lambda x: session.run(None, {"pixel_values": x})[0]
-    if contender == "floor":
+    if contender in ("floor", "gemms"):
         import convnext_np as cnp
 
         config = cnp.ConvNextConfig.from_json_file(d / "config.json")
         rng = np.random.default_rng(0)
         cache = {}
+        if contender == "gemms":  # the Numba backend's own GEMM: kernels.linear, zero bias
+            from convnext_np import kernels
 
         def run(x):
             key = x.shape
@@ -140,10 +143,16 @@ def build(contender: str, d: Path, threads: int):
                 for m, k, n in gemm_shapes(config, x.shape[2], x.shape[0]):
                     a = cache.setdefault(("a", m, k), rng.standard_normal((m, k), np.float32))
                     out = cache.setdefault(("c", m, n), np.empty((m, n), np.float32))
-                    gemms.append((a, rng.standard_normal((k, n), np.float32) * k**-0.5, out))
+                    w = rng.standard_normal((k, n), np.float32) * k**-0.5
+                    w.flags.writeable = False  # read-only, as a model's: kernels keep its packed panels
+                    gemms.append((a, w, out))
                 cache[key] = gemms
-            for a, b, out in cache[key]:
-                np.matmul(a, b, out=out)
+            if contender == "floor":
+                for a, b, out in cache[key]:
+                    np.matmul(a, b, out=out)
+            else:
+                for a, b, out in cache[key]:
+                    kernels.linear(a, b, np.zeros(b.shape[1], np.float32))
         return run
     raise ValueError(f"unknown contender {contender!r}")
 

@@ -194,8 +194,11 @@ def _layout(name):
 
 
 def torch_to_ours(name: str, w) -> np.ndarray:
-    """The tensor HF-named ``name`` in the layout of :mod:`convnext_np.ops`, contiguous float32."""
-    return np.ascontiguousarray(_layout(name)[0](np.asarray(w)), dtype=np.float32)
+    """The tensor HF-named ``name`` in the layout of :mod:`convnext_np.ops`, contiguous float32, in
+    memory of its own: never a view of the (memory-mapped) file, which would keep the file's
+    pages resident for as long as the model lives."""
+    out = np.ascontiguousarray(_layout(name)[0](np.asarray(w)), dtype=np.float32)
+    return out if out.base is None else out.copy()
 
 
 def ours_to_torch(name: str, w, shape) -> np.ndarray:
