@@ -8,9 +8,11 @@ one to its twin; ``docs/kernels.md`` explains the design and what was measured.
 
 Threading: one pool, Numba's (``NUMBA_NUM_THREADS``; ``OMP_NUM_THREADS`` when only that is set).
 Each parallel kernel splits its rows among the threads, or its output columns when there are too
-few rows, and every GEMM runs inside one of those threads on single-threaded BLAS (scipy's,
-through Numba's own ``numba_xxgemm``), so no BLAS worker ever spins against them (the trap in
-perf-notes). No ``fastmath`` beyond FMA contraction and, in the LayerNorm sums, reassociation:
+few rows. The GEMMs are this module's own (no BLAS: below), each running inside one of those
+threads, so no BLAS worker ever spins against them (the trap in perf-notes). The two innermost
+kernels, the GEMM's and the depthwise conv's, are written in LLVM IR through
+``numba.extending.intrinsic`` so that their accumulators stay in registers; everything else is
+plain Numba. No ``fastmath`` beyond FMA contraction and, in the LayerNorm sums, reassociation:
 both change results by float32 rounding only.
 
 Importing this module imports Numba and compiles nothing: each kernel compiles, or loads from
