@@ -10,7 +10,7 @@ each timing a ~0.6 s slice of forward passes after a 0.3 s pause, for --rounds r
 median (min-max) milliseconds per image over all timed passes, and the ratios the targets of
 issue 4 are stated in. The "GEMM floor" contender runs only the forward pass's GEMMs (stem,
 fc1/fc2 of every block, downsampling, classifier) with ``np.matmul`` into preallocated outputs;
-"the same GEMMs, convnext_np's kernel" runs them through ``kernels.linear`` instead, so that
+"the same GEMMs, convnext_np's kernel" runs them through the body of ``kernels.linear``, so that
 ``numba / its own GEMMs`` is what the rest of the forward pass costs on top of its GEMMs.
 
 --report adds, in fresh processes: peak RSS (VmHWM) of classifying one batch; launch-to-first-

@@ -10,7 +10,8 @@ Contenders: ``numba`` and ``numpy`` (convnext_np's backends), ``torch`` (transfo
 ConvNextForImageClassification, eager, ``inference_mode``), ``onnxruntime`` (that torch model
 exported to ONNX, CPU provider, all graph optimisations), ``floor`` (every GEMM of the
 forward pass, ``np.matmul`` into preallocated outputs: the GEMM floor) and ``gemms`` (the same
-GEMMs through ``convnext_np.kernels.linear``: the Numba backend's own GEMM, alone). All load the same
+GEMMs through the body of ``convnext_np.kernels.linear``, into the same preallocated outputs: the
+Numba backend's own GEMM, alone). All load the same
 realistic random weights, written once in Hugging Face layout.
 """
 
@@ -133,7 +134,7 @@ def build(contender: str, d: Path, threads: int):
         config = cnp.ConvNextConfig.from_json_file(d / "config.json")
         rng = np.random.default_rng(0)
         cache = {}
-        if contender == "gemms":  # the Numba backend's own GEMM: kernels.linear, zero bias
+        if contender == "gemms":  # the Numba backend's own GEMM (kernels.linear), zero bias
             from convnext_np import kernels
 
         def run(x):
@@ -145,14 +146,14 @@ def build(contender: str, d: Path, threads: int):
                     out = cache.setdefault(("c", m, n), np.empty((m, n), np.float32))
                     w = rng.standard_normal((k, n), np.float32) * k**-0.5
                     w.flags.writeable = False  # read-only, as a model's: kernels keep its packed panels
-                    gemms.append((a, w, out))
+                    gemms.append((a, w, out, np.zeros(n, np.float32)))
                 cache[key] = gemms
             if contender == "floor":
-                for a, b, out in cache[key]:
-                    np.matmul(a, b, out=out)
-            else:
-                for a, b, out in cache[key]:
-                    kernels.linear(a, b, np.zeros(b.shape[1], np.float32))
+                for a, w, out, _ in cache[key]:
+                    np.matmul(a, w, out=out)
+            else:  # kernels.linear's body, into the same preallocated outputs
+                for a, w, out, bias in cache[key]:
+                    kernels._linear_into(a, w, bias, out)
         return run
     raise ValueError(f"unknown contender {contender!r}")
 

@@ -827,13 +827,18 @@ def linear(x, w, b):
            f"linear: x {x.shape}, w {w.shape}, b {b.shape} do not fit (x @ w + b)")
     x2 = x.reshape(-1, w.shape[0])
     out = np.empty((x2.shape[0], w.shape[1]), np.float32)
+    _linear_into(x2, w, b, out)
+    return out.reshape(*x.shape[:-1], w.shape[1])
+
+
+def _linear_into(x2, w, b, out):
+    """out[...] = x2 @ w + b for contiguous float32 2-D arrays of fitting shapes (unchecked)."""
     if x2.shape[0]:
         threads = _threads()
         if _is_tall(x2.shape[0], threads):
             _linear_tall(x2, _panels(w), b, _row_tasks(x2.shape[0], w.shape[1], threads), out)
         else:
             _linear_wide(x2, _panels(w), b, threads, out)
-    return out.reshape(*x.shape[:-1], w.shape[1])
 
 
 _NONE = np.empty(0, np.float32)

@@ -278,6 +278,38 @@ def test_depthwise_tile_kernel_writes_exactly_its_tile(shape):
         assert_allclose(out, want, rtol=1e-5, atol=1e-5)
 
 
+def test_weight_panels_are_kept_only_for_weights_that_cannot_change():
+    rng = np.random.default_rng(0)
+    x, b = rand(rng, 40, 8), rand(rng, 16)
+    frozen = rand(rng, 8, 16)
+    frozen.flags.writeable = False
+    view_of_writable = rand(rng, 16, 8).T  # read-only view of an array that can still change
+    view_of_writable.flags.writeable = False
+    writable = rand(rng, 8, 16)
+    for w in (frozen, view_of_writable, writable):
+        close(kernels.linear(x, w, b), ops.linear(x, w, b))
+    assert id(frozen) in kernels._PACKED
+    assert id(view_of_writable) not in kernels._PACKED and id(writable) not in kernels._PACKED
+    writable[:] = 0  # a writable weight is repacked on every call: the change is seen
+    close(kernels.linear(x, writable, b), ops.linear(x, writable, b))
+    key = id(frozen)
+    del frozen
+    assert key not in kernels._PACKED  # the panels go with their weight
+
+
+def test_a_models_weights_are_read_only_and_all_packed_once():
+    model = cnp.from_pretrained(FIXTURES / LAYOUT_SOURCES["hf-safetensors"], backend="numba")
+    w = model.params["stages"][0]["blocks"][0]["pwconv1_w"]
+    with pytest.raises(ValueError, match="read-only"):
+        w[0, 0] = 1.0
+    model(random_pixels((1, 3, 64, 64), seed=0))
+    gemm_weights = [model.params["stem"]["w"], model.params["head"]["fc_w"]]
+    for stage in model.params["stages"]:
+        gemm_weights += [] if stage["downsample"] is None else [stage["downsample"]["w"]]
+        gemm_weights += [p[k] for p in stage["blocks"] for k in ("pwconv1_w", "pwconv2_w")]
+    assert all(id(g) in kernels._PACKED for g in gemm_weights)
+
+
 # --- the whole model: Numba against NumPy ------------------------------------------------------------
 
 def both_backends(source):
