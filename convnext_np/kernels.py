@@ -54,25 +54,24 @@ CHUNK = 1 << 14  # elements per task of the purely elementwise kernels
 
 # --- GEMM ---------------------------------------------------------------------------------------
 #
-# Every GEMM of the forward pass is ``c = a @ b`` with ``a`` the (pixels, C_in) activations and
-# ``b`` the (C_in, C_out) weight, both row-major. It is computed here rather than in BLAS because
-# (1) the epilogue (bias, GELU, layer scale, residual) then runs on each strip of output rows
-# while it is still in L1/L2, and (2) the GEMM runs inside the caller's Numba threads, so no BLAS
-# thread pool spins against them (perf-notes). And it is faster here: with the AVX-512 kernel
-# below, 265-280 GFLOP/s per core on the tiny's shapes, against 260-270 for OpenBLAS's Haswell
-# kernels on two cores (docs/kernels.md).
+# Every GEMM of the forward pass is ``c = a @ w`` with ``a`` the (pixels, C_in) activations and
+# ``w`` the (C_in, C_out) weight. It is computed here rather than in BLAS because (1) the
+# epilogue (bias, GELU, layer scale, residual) then runs on each block of outputs while it is
+# still in L1, (2) the GEMM runs inside the caller's Numba threads, so no BLAS thread pool spins
+# against them (perf-notes), and (3) it is faster: with the AVX-512 kernel, 265-280 GFLOP/s per
+# core on the tiny's shapes, against 262-271 for NumPy's OpenBLAS on two cores as this machine is
+# configured (docs/kernels.md has the measurements).
 #
-# Goto/BLIS structure, with the register-blocked inner kernel written in LLVM IR: an MR x NR
-# block of ``c`` (MR rows, NR = 2 vectors of columns) lives in MR * NR / lanes vector registers
-# (28 of the 32 zmm registers with AVX-512) for a whole run over k; each step loads NR weights
-# (2 vectors), broadcasts MR activations and issues MR * 2 fused multiply-adds. Written as plain
-# Numba loops the accumulators went through memory; the IR keeps them in SSA values, so LLVM's
-# register allocator keeps them in registers. Neither operand is packed: ``b``'s rows are read
-# in place (NR contiguous floats per k) and the MR rows of ``a`` are read at their own stride;
-# packing either made no difference that we could measure at these sizes. k runs in blocks of
-# at most KC = 256 so that the weight block of a pass stays in L2 while all row strips reuse it.
-# Ragged edges (rows past ``mv``, columns past ``nv``) are masked loads and stores, so any shape
-# takes the same kernel; rows past ``mv`` read row ``mv - 1`` again and are never stored.
+# Goto/BLIS structure (_gemm), with the register-blocked inner kernel written in LLVM IR: an
+# MR x NR block of ``c`` (MR rows, NR = 2 vectors of columns) lives in MR * NR / lanes vector
+# registers (28 of the 32 zmm registers with AVX-512) for a whole run over k; each step loads
+# NR weights (2 vectors), broadcasts MR activations and issues MR * 2 fused multiply-adds.
+# Written as plain Numba loops the accumulators went through memory; the IR keeps them in SSA
+# values, so LLVM's register allocator keeps them in registers. The weight is read from packed
+# column panels (pack), one contiguous stream per run over k, which the kernel prefetches
+# PREFETCH_ROWS rows ahead; the MR rows of ``a`` are read in place at their own stride. Ragged
+# edges (rows past ``mv``, columns past ``nv``) are masked loads and stores, so any shape takes
+# the same kernel; rows past ``mv`` read row ``mv - 1`` again and are never stored.
 
 
 def _vector_shape():
