@@ -92,6 +92,74 @@ MC = 16 * MR  # rows per block of activations kept in L2 (16 * 14 * KC floats: 2
 PREFETCH_ROWS = 64  # weight rows ahead that the kernel asks the cache for (16: 4% slower)
 
 
+class _VectorIR:
+    """What the two IR kernels build with: ``<lanes x float>`` fused multiply-add, masked loads and
+    stores, splats and integer constants, on a Numba ``builder`` (intp = 64-bit integers)."""
+
+    def __init__(self, builder, lanes, intp):
+        self.builder, self.lanes, self.intp = builder, lanes, intp
+        i32, f32 = ir.IntType(32), ir.FloatType()
+        self.vec, self.mask_t = ir.VectorType(f32, lanes), ir.VectorType(ir.IntType(1), lanes)
+        self.ptr, self.vptr, self.i8ptr = f32.as_pointer(), self.vec.as_pointer(), ir.IntType(8).as_pointer()
+        module = builder.module
+
+        def declare(name, ret, *params):
+            return module.globals.get(name) or ir.Function(module, ir.FunctionType(ret, params), name)
+
+        self._fma = declare(f"llvm.fma.v{lanes}f32", self.vec, self.vec, self.vec, self.vec)
+        self._load = declare(f"llvm.masked.load.v{lanes}f32.p0", self.vec, self.vptr, i32, self.mask_t, self.vec)
+        self._store = declare(f"llvm.masked.store.v{lanes}f32.p0", ir.VoidType(), self.vec, self.vptr, i32,
+                              self.mask_t)
+        self._prefetch = declare("llvm.prefetch.p0", ir.VoidType(), self.i8ptr, i32, i32, i32)
+        self._align, self._zero = ir.Constant(i32, 4), ir.Constant(self.vec, [0.0] * lanes)
+
+    def const(self, value):
+        return ir.Constant(self.intp, value)
+
+    def pointer(self, address):
+        """An integer address as a float pointer."""
+        return self.builder.inttoptr(address, self.ptr)
+
+    def at(self, p, offset):
+        """Float pointer ``p`` moved by ``offset`` floats (an intp value)."""
+        return self.builder.gep(p, [offset])
+
+    def splat(self, value, vtype):
+        b, i32 = self.builder, ir.IntType(32)
+        one = b.insert_element(ir.Constant(vtype, ir.Undefined), value, ir.Constant(i32, 0))
+        return b.shuffle_vector(one, ir.Constant(vtype, ir.Undefined),
+                                ir.Constant(ir.VectorType(i32, self.lanes), [0] * self.lanes))
+
+    def lanes_below(self, n, first=0):
+        """The mask of lanes ``first + j < n`` (``n`` an intp value)."""
+        i32v = ir.VectorType(ir.IntType(32), self.lanes)
+        limit = self.splat(self.builder.trunc(n, ir.IntType(32)), i32v)
+        return self.builder.icmp_signed("<", ir.Constant(i32v, [first + j for j in range(self.lanes)]), limit)
+
+    def mask_if(self, mask, flag):
+        """``mask`` where the i1 ``flag`` holds, else no lanes."""
+        return self.builder.and_(mask, self.splat(flag, self.mask_t))
+
+    def load(self, p, mask):
+        """The vector at float pointer ``p``; lanes outside ``mask`` are 0 and not read."""
+        return self.builder.call(self._load, [self.builder.bitcast(p, self.vptr), self._align, mask, self._zero])
+
+    def store(self, value, p, mask):
+        self.builder.call(self._store, [value, self.builder.bitcast(p, self.vptr), self._align, mask])
+
+    def fma(self, a, b, c):
+        return self.builder.call(self._fma, [a, b, c])
+
+    def broadcast(self, p):
+        """The float at ``p`` in every lane."""
+        return self.splat(self.builder.load(p), self.vec)
+
+    def prefetch(self, p):
+        i32 = ir.IntType(32)
+        self.builder.call(self._prefetch, [self.builder.bitcast(p, self.i8ptr), ir.Constant(i32, 0),
+                                           ir.Constant(i32, 3), ir.Constant(i32, 1)])
+
+
 def _make_microkernel(lanes, mr, nr):
     """An intrinsic ``mk(kc, a, lda, b, ldb, c, ldc, mv, nv, accumulate)`` on raw float32 addresses:
     ``c[:mv, :nv] = (c if accumulate else 0) + a[:mv, :kc] @ b[:kc, :nv]`` (leading dimensions in
@@ -104,66 +172,39 @@ def _make_microkernel(lanes, mr, nr):
 
         def codegen(context, builder, signature, args):
             kc, a, lda, b, ldb, c, ldc, mv, nv, accumulate = args
-            i64, i32, f32 = kc.type, ir.IntType(32), ir.FloatType()
-            vec, mask_t = ir.VectorType(f32, lanes), ir.VectorType(ir.IntType(1), lanes)
-            module = builder.module
-
-            def declare(name, ret, *params):
-                return module.globals.get(name) or ir.Function(module, ir.FunctionType(ret, params), name)
-
-            ptr = f32.as_pointer()
-            vptr = vec.as_pointer()
-            fma = declare(f"llvm.fma.v{lanes}f32", vec, vec, vec, vec)
-            mload = declare(f"llvm.masked.load.v{lanes}f32.p0", vec, vptr, i32, mask_t, vec)
-            mstore = declare(f"llvm.masked.store.v{lanes}f32.p0", ir.VoidType(), vec, vptr, i32, mask_t)
-            prefetch = declare("llvm.prefetch.p0", ir.VoidType(), ir.IntType(8).as_pointer(), i32, i32, i32)
-            align = ir.Constant(i32, 4)
-            zero = ir.Constant(vec, [0.0] * lanes)
-            const = lambda v: ir.Constant(i64, v)  # noqa: E731
-
-            def splat(value, vtype):
-                one = builder.insert_element(ir.Constant(vtype, ir.Undefined), value, ir.Constant(i32, 0))
-                return builder.shuffle_vector(one, ir.Constant(vtype, ir.Undefined),
-                                              ir.Constant(ir.VectorType(i32, lanes), [0] * lanes))
-
-            # Column masks (lane j of vector v is column v * lanes + j < nv) and row masks.
-            nv32 = splat(builder.trunc(nv, i32), ir.VectorType(i32, lanes))
-            col_mask = [builder.icmp_signed("<", ir.Constant(ir.VectorType(i32, lanes),
-                                                             [v * lanes + j for j in range(lanes)]), nv32)
-                        for v in range(nvec)]
+            v = _VectorIR(builder, lanes, kc.type)
+            const = v.const
+            col_mask = [v.lanes_below(nv, j * lanes) for j in range(nvec)]  # columns < nv
             acc_on = builder.icmp_signed("!=", accumulate, const(0))
-            a_base, b_base, c_base = (builder.inttoptr(x, ptr) for x in (a, b, c))
+            a_base, b_base, c_base = (v.pointer(x) for x in (a, b, c))
             a_rows, c_ptrs, c_masks, init = [], [], [], []
             for i in range(mr):
-                stored = builder.icmp_signed("<", const(i), mv)
-                row = builder.select(stored, const(i), builder.sub(mv, const(1)))
-                a_rows.append(builder.gep(a_base, [builder.mul(row, lda)]))
-                c_row = builder.gep(c_base, [builder.mul(const(i), ldc)])
-                for v in range(nvec):
-                    p = builder.bitcast(builder.gep(c_row, [const(v * lanes)]), vptr)
-                    m = builder.and_(col_mask[v], splat(stored, mask_t))
+                stored = builder.icmp_signed("<", const(i), mv)  # rows past mv: read row mv - 1, store nothing
+                a_rows.append(v.at(a_base, builder.mul(builder.select(stored, const(i), builder.sub(mv, const(1))),
+                                                            lda)))
+                c_row = v.at(c_base, builder.mul(const(i), ldc))
+                for j in range(nvec):
+                    p, m = v.at(c_row, const(j * lanes)), v.mask_if(col_mask[j], stored)
                     c_ptrs.append(p)
                     c_masks.append(m)
-                    init.append(builder.call(mload, [p, align, builder.and_(m, splat(acc_on, mask_t)), zero]))
+                    init.append(v.load(p, v.mask_if(m, acc_on)))
 
             entry = builder.block
             loop = builder.append_basic_block("mk.loop")
             done = builder.append_basic_block("mk.done")
             builder.cbranch(builder.icmp_signed(">", kc, const(0)), loop, done)
             builder.position_at_end(loop)
-            k = builder.phi(i64)
-            acc = [builder.phi(vec) for _ in init]
-            b_row = builder.gep(b_base, [builder.mul(k, ldb)])
-            ahead = builder.gep(b_row, [builder.mul(const(PREFETCH_ROWS), ldb)])
-            for off in range(0, nr, 16):
-                builder.call(prefetch, [builder.bitcast(builder.gep(ahead, [const(off)]), ir.IntType(8).as_pointer()),
-                                        ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)])
-            w = [builder.call(mload, [builder.bitcast(builder.gep(b_row, [const(v * lanes)]), vptr),
-                                      align, col_mask[v], zero]) for v in range(nvec)]
+            k = builder.phi(kc.type)
+            acc = [builder.phi(v.vec) for _ in init]
+            b_row = v.at(b_base, builder.mul(k, ldb))
+            ahead = v.at(b_row, builder.mul(const(PREFETCH_ROWS), ldb))
+            for off in range(0, nr, 16):  # one request per 64-byte line
+                v.prefetch(v.at(ahead, const(off)))
+            w = [v.load(v.at(b_row, const(j * lanes)), col_mask[j]) for j in range(nvec)]
             new = []
             for i in range(mr):
-                x = splat(builder.load(builder.gep(a_rows[i], [k])), vec)
-                new += [builder.call(fma, [x, w[v], acc[i * nvec + v]]) for v in range(nvec)]
+                x = v.broadcast(v.at(a_rows[i], k))
+                new += [v.fma(x, w[j], acc[i * nvec + j]) for j in range(nvec)]
             k_next = builder.add(k, const(1))
             body_end = builder.block
             k.add_incoming(const(0), entry)
@@ -174,12 +215,12 @@ def _make_microkernel(lanes, mr, nr):
             builder.cbranch(builder.icmp_signed("<", k_next, kc), loop, done)
 
             builder.position_at_end(done)
-            results = [builder.phi(vec) for _ in init]
+            results = [builder.phi(v.vec) for _ in init]
             for result, first, later in zip(results, init, new):
                 result.add_incoming(first, entry)
                 result.add_incoming(later, body_end)
             for result, p, m in zip(results, c_ptrs, c_masks):
-                builder.call(mstore, [result, p, align, m])
+                v.store(result, p, m)
             return context.get_dummy_value()
 
         return sig, codegen
@@ -408,10 +449,11 @@ def _gemm(a, b, c, r0, r1, j0, j1, epilogue, bias, gamma, x2, out2, x_row0):
 # order: bias, then kernel row by row.
 
 def _make_dw7_kernel(lanes, pixels):
-    """An intrinsic ``dw(ring, slot0, row_stride, w, bias, out, pv, cv)`` on raw float32 addresses:
-    ``out[p, :cv] = bias + sum over di, dj of ring[(slot0 + di) % 7, p + dj, :cv] * w[di, dj, :cv]``
-    for output pixels p < pv <= ``pixels``, one vector of ``lanes`` channels; ``ring`` and ``out``
-    rows (pixels) are ``row_stride`` / C floats apart as the caller lays them out (see _dw7_row).
+    """An intrinsic ``dw(ring, slot0, row_stride, pix_stride, w, bias, out, out_stride, pv, cv)``
+    on raw float32 addresses: for output pixels p < pv <= ``pixels`` and one vector of cv <= lanes
+    channels, ``out[p] = bias + sum over di, dj of ring[(slot0 + di) % 7][p + dj] * w[di][dj]``,
+    where ring rows are ``row_stride`` floats apart, pixels of ring and w ``pix_stride`` apart,
+    and output pixels ``out_stride`` apart (see _dw7_tile).
 
     Fully unrolled: ``pixels`` accumulators and one kernel row's 7 weight vectors stay in
     registers while each of the row's ``pixels + 6`` input vectors is loaded once and feeds up to
@@ -423,48 +465,24 @@ def _make_dw7_kernel(lanes, pixels):
 
         def codegen(context, builder, signature, args):
             ring, slot0, row_stride, pix_stride, w, bias, out, out_stride, pv, cv = args
-            i64, i32, f32 = ring.type, ir.IntType(32), ir.FloatType()
-            vec, mask_t = ir.VectorType(f32, lanes), ir.VectorType(ir.IntType(1), lanes)
-            module = builder.module
-
-            def declare(name, ret, *params):
-                return module.globals.get(name) or ir.Function(module, ir.FunctionType(ret, params), name)
-
-            ptr, vptr = f32.as_pointer(), vec.as_pointer()
-            fma = declare(f"llvm.fma.v{lanes}f32", vec, vec, vec, vec)
-            mload = declare(f"llvm.masked.load.v{lanes}f32.p0", vec, vptr, i32, mask_t, vec)
-            mstore = declare(f"llvm.masked.store.v{lanes}f32.p0", ir.VoidType(), vec, vptr, i32, mask_t)
-            align, zero = ir.Constant(i32, 4), ir.Constant(vec, [0.0] * lanes)
-            const = lambda v: ir.Constant(i64, v)  # noqa: E731
-            cv32 = builder.trunc(cv, i32)
-            cvs = builder.shuffle_vector(
-                builder.insert_element(ir.Constant(ir.VectorType(i32, lanes), ir.Undefined), cv32, ir.Constant(i32, 0)),
-                ir.Constant(ir.VectorType(i32, lanes), ir.Undefined), ir.Constant(ir.VectorType(i32, lanes), [0] * lanes))
-            mask = builder.icmp_signed("<", ir.Constant(ir.VectorType(i32, lanes), list(range(lanes))), cvs)
-
-            def load(base, offset):
-                p = builder.bitcast(builder.gep(base, [offset]), vptr)
-                return builder.call(mload, [p, align, mask, zero])
-
-            ring_p, w_p, bias_p, out_p = (builder.inttoptr(x, ptr) for x in (ring, w, bias, out))
-            acc = [load(bias_p, const(0))] * pixels
+            v = _VectorIR(builder, lanes, ring.type)
+            const = v.const
+            mask = v.lanes_below(cv)
+            ring_p, w_p, bias_p, out_p = (v.pointer(x) for x in (ring, w, bias, out))
+            acc = [v.load(bias_p, mask)] * pixels
             last_col = builder.add(pv, const(5))  # columns past it are never needed: read it again
             for di in range(7):
                 slot = builder.urem(builder.add(slot0, const(di)), const(7))
-                row = builder.gep(ring_p, [builder.mul(slot, row_stride)])
-                taps = [load(w_p, builder.mul(const(di * 7 + dj), pix_stride)) for dj in range(7)]
+                row = v.at(ring_p, builder.mul(slot, row_stride))
+                taps = [v.load(v.at(w_p, builder.mul(const(di * 7 + dj), pix_stride)), mask) for dj in range(7)]
                 for t in range(pixels + 6):
                     col = builder.select(builder.icmp_signed("<", const(t), last_col), const(t), last_col)
-                    x = load(row, builder.mul(col, pix_stride))
+                    x = v.load(v.at(row, builder.mul(col, pix_stride)), mask)
                     for p in range(max(0, t - 6), min(pixels, t + 1)):
-                        acc[p] = builder.call(fma, [x, taps[t - p], acc[p]])
+                        acc[p] = v.fma(x, taps[t - p], acc[p])
             for p in range(pixels):
-                where = builder.bitcast(builder.gep(out_p, [builder.mul(const(p), out_stride)]), vptr)
-                stored = builder.and_(mask, builder.shuffle_vector(
-                    builder.insert_element(ir.Constant(mask_t, ir.Undefined),
-                                           builder.icmp_signed("<", const(p), pv), ir.Constant(i32, 0)),
-                    ir.Constant(mask_t, ir.Undefined), ir.Constant(ir.VectorType(i32, lanes), [0] * lanes)))
-                builder.call(mstore, [acc[p], where, align, stored])
+                stored = v.mask_if(mask, builder.icmp_signed("<", const(p), pv))
+                v.store(acc[p], v.at(out_p, builder.mul(const(p), out_stride)), stored)
             return context.get_dummy_value()
 
         return sig, codegen
