@@ -76,16 +76,13 @@ def _read_only(tree):
     A loaded model's weights are constants: writing to one raises instead of changing the model
     silently, and the Numba backend may keep a derived copy of each (kernels.pack).
     """
-    if isinstance(tree, np.ndarray):
-        while isinstance(tree, np.ndarray):  # and the arrays it views (a reshaped copy, say)
-            tree.flags.writeable = False
-            tree = tree.base
-    elif isinstance(tree, dict):
-        for value in tree.values():
+    if isinstance(tree, (dict, list)):
+        for value in tree.values() if isinstance(tree, dict) else tree:
             _read_only(value)
-    elif isinstance(tree, list):
-        for value in tree:
-            _read_only(value)
+    array = tree
+    while isinstance(array, np.ndarray):  # the array, and the arrays it views (a reshaped copy, say)
+        array.flags.writeable = False
+        array = array.base
     return tree
 
 
