@@ -376,24 +376,29 @@ def _add_bias(y, r0, r1, c0, c1, b):
             row[c] += bias[c]
 
 
+@njit(inline="always", fastmath=_REASSOC, **_JIT)
+def _layer_norm1(src, w, b, eps, dst):
+    """dst = LayerNorm(src), one pixel's channels: mean, then the biased variance of the deviations."""
+    nc = src.shape[0]
+    inv_c = _ONE / _F32(nc)
+    s = _ZERO
+    for c in range(nc):
+        s += src[c]
+    mean = s * inv_c
+    s = _ZERO
+    for c in range(nc):
+        d = src[c] - mean
+        s += d * d
+    rstd = _ONE / np.sqrt(s * inv_c + eps)
+    for c in range(nc):
+        dst[c] = (src[c] - mean) * rstd * w[c] + b[c]
+
+
 @njit(fastmath=_REASSOC, **_JIT)
 def _layer_norm_rows(v, r0, r1, w, b, eps, out):
     """out[r] = LayerNorm(v[r]) over channels for r0 <= r < r1 (out may be v); biased variance."""
-    nc = v.shape[1]
-    inv_c = _ONE / _F32(nc)
     for r in range(r0, r1):
-        src, dst = v[r], out[r]
-        s = _ZERO
-        for c in range(nc):
-            s += src[c]
-        mean = s * inv_c
-        s = _ZERO
-        for c in range(nc):
-            d = src[c] - mean
-            s += d * d
-        rstd = _ONE / np.sqrt(s * inv_c + eps)
-        for c in range(nc):
-            dst[c] = (src[c] - mean) * rstd * w[c] + b[c]
+        _layer_norm1(v[r], w, b, eps, out[r])
 
 
 # The epilogues of _gemm: what happens to each strip of MR output rows once its sums are final.
@@ -684,7 +689,6 @@ def _gather_patches(x, patch, p0, p1, pre_w, pre_b, eps, a, a0):
     ci = x.shape[3]
     ho, wo = x.shape[1] // patch, x.shape[2] // patch
     norm = pre_w.shape[0] > 0
-    inv_c = _ONE / _F32(ci)
     for q in range(p1 - p0):
         n = (p0 + q) // (ho * wo)
         i = (p0 + q - n * ho * wo) // wo
@@ -694,17 +698,7 @@ def _gather_patches(x, patch, p0, p1, pre_w, pre_b, eps, a, a0):
                 src = x[n, i * patch + kh, j * patch + kw]
                 dst = a[a0 + q, (kh * patch + kw) * ci:(kh * patch + kw + 1) * ci]
                 if norm:
-                    s = _ZERO
-                    for c in range(ci):
-                        s += src[c]
-                    mean = s * inv_c
-                    s = _ZERO
-                    for c in range(ci):
-                        d = src[c] - mean
-                        s += d * d
-                    rstd = _ONE / np.sqrt(s * inv_c + eps)
-                    for c in range(ci):
-                        dst[c] = (src[c] - mean) * rstd * pre_w[c] + pre_b[c]
+                    _layer_norm1(src, pre_w, pre_b, eps, dst)
                 else:
                     for c in range(ci):
                         dst[c] = src[c]
