@@ -401,7 +401,7 @@ def _layer_norm_rows(v, r0, r1, w, b, eps, out):
         _layer_norm1(v[r], w, b, eps, out[r])
 
 
-# The epilogues of _gemm: what happens to each strip of MR output rows once its sums are final.
+# The epilogues of _gemm: what happens to each MC x NR block of outputs once its sums are final.
 EPI_BIAS, EPI_GELU, EPI_RESIDUAL = 0, 1, 2
 
 
