@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 import convnext_np as cnp
 from conftest import FIXTURES
-from convnext_np.preprocess import ImageProcessor, load_rgb
+from convnext_np.preprocess import ImageProcessor
 from convnext_np.safetensors_file import SafetensorsFile
 from test_preprocess import IMAGES
 
