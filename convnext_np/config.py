@@ -4,6 +4,11 @@ The fields are those of transformers' ``ConvNextConfig``; a ``config.json`` read
 every key it had (unknown ones in :attr:`ConvNextConfig.extra`) so that writing it back loses
 nothing. One field is ours: ``norm_eps``, the eps of every LayerNorm except the final one, which
 the paper's code fixes at 1e-6 and timm's ``convnext_xxlarge`` sets to 1e-5 (reference spec A.4).
+
+``model_type`` names the family member as transformers does (``"convnext"``,
+``"dinov3_convnext"``). A few more fields describe timm's structural variants, with timm's own
+argument names (``timm/models/convnext.py``); each is written to ``config.json`` only when it
+differs from the paper's ConvNeXt, which transformers' ``ConvNextConfig`` is.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from .errors import WeightsError
 # name: (depths, hidden_sizes, conv_mlp, norm_eps). Paper Table 9 and timm's convnext.py; the
 # timm originals (atto .. nano) store the pointwise MLP as 1x1 convs (conv_mlp=True).
 VARIANTS = {
+    "zepto": ((2, 2, 4, 2), (32, 64, 128, 256), True, 1e-6),
     "atto": ((2, 2, 6, 2), (40, 80, 160, 320), True, 1e-6),
     "femto": ((2, 2, 6, 2), (48, 96, 192, 384), True, 1e-6),
     "pico": ((2, 2, 6, 2), (64, 128, 256, 512), True, 1e-6),
@@ -29,6 +35,17 @@ VARIANTS = {
     "xlarge": ((3, 3, 27, 3), (256, 512, 1024, 2048), False, 1e-6),
     "xxlarge": ((3, 4, 30, 3), (384, 768, 1536, 3072), False, 1e-5),
 }
+
+
+# timm's ``stem_type``: the paper's 4x4 patchify, or two overlapping 3x3 convs of stride 2
+# (``_ols`` models; ``overlap_tiered`` halves the first conv's width, ``overlap_act`` puts a GELU
+# between the convs). timm's ``norm_layer``: LayerNorm, or SimpleNorm (``convnext_zepto_rms``).
+STEM_TYPES = ("patch", "overlap", "overlap_tiered", "overlap_act")
+NORM_LAYERS = ("layernorm", "simplenorm")
+MODEL_TYPES = ("convnext", "dinov3_convnext")
+# Our structure fields at the paper's values: to_dict leaves them out of config.json then.
+STRUCTURE_DEFAULTS = {"stem_type": "patch", "norm_layer": "layernorm", "head_norm_first": False,
+                      "head_hidden_size": None, "final_norm": True}
 
 
 def _is_int(v) -> bool:
@@ -51,6 +68,11 @@ def read_json_object(path) -> dict:
     return d
 
 
+# model_type -> the transformers class of a model (without, with) a classification head.
+ARCHITECTURES = {"convnext": ("ConvNextForImageClassification", "ConvNextForImageClassification"),
+                 "dinov3_convnext": ("DINOv3ConvNextModel", "DINOv3ConvNextModel")}
+
+
 @dataclass
 class ConvNextConfig:
     """Architecture and labels of one ConvNeXt, as in a Hugging Face ``config.json``.
@@ -71,6 +93,12 @@ class ConvNextConfig:
     drop_path_rate: float = 0.0
     image_size: int = 224
     norm_eps: float = 1e-6
+    model_type: str = "convnext"
+    stem_type: str = "patch"
+    norm_layer: str = "layernorm"
+    head_norm_first: bool = False  # timm ``_hnf``: norm over the map, then pool, then fc
+    head_hidden_size: int | None = None  # timm ``convnext_large_mlp``: pool, norm, fc, GELU, fc
+    final_norm: bool = True  # False for transformers' ConvNextBackbone (no pooled output)
     id2label: dict = field(default_factory=dict)
     extra: dict = field(default_factory=dict)
 
@@ -123,6 +151,16 @@ class ConvNextConfig:
                             f"{self.patch_size} and {self.num_channels}")
         if self.hidden_act != "gelu":
             problems.append(f"hidden_act must be 'gelu' (exact erf GELU), got {self.hidden_act!r}")
+        for name, allowed in (("model_type", MODEL_TYPES), ("stem_type", STEM_TYPES),
+                              ("norm_layer", NORM_LAYERS)):
+            if getattr(self, name) not in allowed:
+                problems.append(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        if not isinstance(self.head_norm_first, bool) or not isinstance(self.final_norm, bool):
+            problems.append("head_norm_first and final_norm must be true or false")
+        if self.head_hidden_size is not None and not (_is_int(self.head_hidden_size) and self.head_hidden_size > 0):
+            problems.append(f"head_hidden_size must be a positive int or null, got {self.head_hidden_size!r}")
+        if self.head_norm_first and self.head_hidden_size:
+            problems.append("head_norm_first and head_hidden_size do not go together (timm asserts so)")
         if sorted(self.id2label) != list(range(len(self.id2label))):
             problems.append("id2label keys must be 0..num_labels-1")
         if problems:
@@ -174,8 +212,10 @@ class ConvNextConfig:
                   if f.name not in ("extra", "id2label")})
         d["id2label"] = {str(i): label for i, label in self.id2label.items()}
         d["label2id"] = self.label2id
-        d["model_type"] = "convnext"
-        d.setdefault("architectures", ["ConvNextForImageClassification"])
+        for name, default in STRUCTURE_DEFAULTS.items():
+            if d[name] == default:
+                del d[name]
+        d.setdefault("architectures", [ARCHITECTURES[self.model_type][bool(self.num_labels)]])
         return dict(sorted(d.items()))
 
     def to_json_file(self, path: str | os.PathLike) -> None:

@@ -32,6 +32,8 @@ from llvmlite import ir
 from numba import njit, prange, types
 from numba.extending import intrinsic, overload
 
+from . import ops as _numpy_ops
+
 if "OMP_NUM_THREADS" in os.environ and "NUMBA_NUM_THREADS" not in os.environ:
     try:
         numba.set_num_threads(max(1, min(int(os.environ["OMP_NUM_THREADS"]),
@@ -896,6 +898,12 @@ def stem(x, w, b, norm_w, norm_b, *, eps, ops=None):
 def downsample(x, norm_w, norm_b, w, b, *, eps, ops=None):
     """model.downsample fused: LayerNorm while gathering the 2x2 patches, then the GEMM."""
     return _patch_layer(x, w, b, 2, pre=(norm_w, norm_b, eps))
+
+
+def conv2d(x, w, b, kernel, stride, padding):
+    """Dense conv of timm's overlapping (``_ols``) stem: the NumPy op (window gather, then one
+    GEMM), run once per image at the input resolution; no kernel of its own."""
+    return _numpy_ops.conv2d(x, w, b, kernel, stride, padding)
 
 
 def depthwise_conv(x, w, b):

@@ -1,7 +1,8 @@
 """Class names for checkpoints that carry none (timm and facebookresearch files).
 
-``data/imagenet-1k.txt`` and ``data/imagenet-22k.txt`` hold the WordNet lemmas of the
-ImageNet-1k classes and of the 21841 ImageNet-22k classes, in logit order (written by
+``data/imagenet-1k.txt``, ``data/imagenet-12k.txt`` and ``data/imagenet-22k.txt`` hold the
+WordNet lemmas of the ImageNet-1k classes, of the 11821 classes of timm's ImageNet-12k (the
+``in12k`` heads) and of the 21841 ImageNet-22k classes, in logit order (written by
 ``data/make_labels.py`` from the lists timm ships). A checkpoint's own ``id2label`` always wins.
 """
 
@@ -10,7 +11,7 @@ from __future__ import annotations
 from functools import lru_cache
 from importlib import resources
 
-LABEL_SETS = {1000: "imagenet-1k.txt", 21841: "imagenet-22k.txt"}
+LABEL_SETS = {1000: "imagenet-1k.txt", 11821: "imagenet-12k.txt", 21841: "imagenet-22k.txt"}
 
 
 @lru_cache(maxsize=None)
@@ -20,7 +21,7 @@ def _read(name: str) -> tuple:
 
 
 def imagenet_labels(num_classes: int) -> list | None:
-    """The ImageNet class names for a head of ``num_classes`` (1000 or 21841), else None."""
+    """The ImageNet class names for a head of ``num_classes`` (1000, 11821 or 21841), else None."""
     name = LABEL_SETS.get(num_classes)
     return list(_read(name)) if name else None
 

@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 from safetensors.numpy import save_file
 
-from . import torch_pickle, weights
-from .config import VARIANTS, ConvNextConfig, read_json_object
+from . import backbone, family, torch_pickle, weights
+from .config import STRUCTURE_DEFAULTS, VARIANTS, ConvNextConfig, read_json_object
 from .errors import WeightsError
 from .labels import imagenet_labels
 from .model import ConvNeXt
@@ -94,10 +94,12 @@ def _config_from_tensors(arch: dict, scheme: str, labels=None) -> ConvNextConfig
     # transformers' ConvNextConfig default final-LN eps is 1e-12; timm and FB use their norm eps.
     head_eps = ConvNextConfig.layer_norm_eps if scheme == "hf" else eps
     return ConvNextConfig(depths=arch["depths"], hidden_sizes=arch["hidden_sizes"], norm_eps=eps,
-                          layer_norm_eps=head_eps, id2label=dict(enumerate(labels)))
+                          layer_norm_eps=head_eps, id2label=dict(enumerate(labels)),
+                          **arch.get("structure", {}))
 
 
-def load_local(path: Path, *, backend: str = "auto", num_threads: int | None = None) -> ConvNeXt:
+def load_local(path: Path, *, backend: str = "auto", num_threads: int | None = None,
+               out_features=None, out_indices=None) -> ConvNeXt:
     """A model from a local directory or weights file (see the module docstring)."""
     path = Path(path)
     config_json = read_json_object(path / "config.json") if (path / "config.json").is_file() else None
@@ -107,6 +109,10 @@ def load_local(path: Path, *, backend: str = "auto", num_threads: int | None = N
     scheme = weights.detect_scheme(state_dict, where)
     hf = weights.to_hf_names(state_dict, scheme, where)
     arch = weights.infer_architecture(hf, where)
+    backbone_norms = weights.pop_backbone_norms(hf, arch["hidden_sizes"], where)
+    arch["structure"] = weights.infer_structure(hf, scheme)
+    if scheme == "fb" and "norms.3.weight" in state_dict:  # the original DINOv3 ConvNeXt file
+        arch["structure"]["model_type"] = "dinov3_convnext"
 
     if config_json is not None and "architecture" in config_json:  # timm layout
         if not str(config_json["architecture"]).startswith("convnext"):
@@ -122,7 +128,16 @@ def load_local(path: Path, *, backend: str = "auto", num_threads: int | None = N
         if declared != arch["num_labels"]:
             raise WeightsError(f"{path / 'config.json'}: num_classes is {declared}, but the "
                                f"head in {where} has {arch['num_labels']} classes")
+        _check_timm_structure(str(config_json["architecture"]), arch, path / "config.json", where)
+        tag = str((config_json.get("pretrained_cfg") or {}).get("tag", ""))
+        if tag.startswith("dinov3"):  # timm's convnext_*.dinov3_lvd1689m: DINOv3 ConvNeXt weights
+            arch["structure"]["model_type"] = "dinov3_convnext"
         config = _config_from_tensors(arch, scheme, config_json.get("label_names"))
+    elif config_json is not None and config_json.get("model_type") == "dinov3_convnext":
+        config = ConvNextConfig.from_dict(config_json, where=path / "config.json")
+        config.id2label = {}  # DINOv3ConvNextModel has no head
+        config.norm_eps = config.layer_norm_eps  # one eps for every norm in DINOv3ConvNextModel
+        _check_against_config(config, arch, path / "config.json", where)
     elif config_json is not None:  # Hugging Face layout
         model_type = config_json.get("model_type")
         if model_type != "convnext":
@@ -132,16 +147,51 @@ def load_local(path: Path, *, backend: str = "auto", num_threads: int | None = N
         config = ConvNextConfig.from_dict(config_json, where=path / "config.json")
         if arch["num_labels"] == 0:  # a ConvNextModel (no head): HF ignores num_labels then
             config.id2label = {}
-        for field in ("depths", "hidden_sizes", "num_labels"):
-            if getattr(config, field) != arch[field]:
-                raise WeightsError(f"{path / 'config.json'}: {field} is {getattr(config, field)}, "
-                                   f"but the tensors in {where} have {arch[field]}")
+        if "ConvNextBackbone" in config_json.get("architectures", ()):
+            config.final_norm = False  # transformers' ConvNextBackbone has no final LayerNorm
+        _check_against_config(config, arch, path / "config.json", where)
     else:  # a bare weights file
         config = _config_from_tensors(arch, scheme)
 
     params = weights.to_params(hf, config, where)
+    if backbone_norms and out_features is None and out_indices is None:
+        out_features = list(backbone_norms)  # a Backbone checkpoint returns its own maps
+    out_features = backbone.resolve_out_features(out_features, out_indices)
+    if out_features and config.model_type != "dinov3_convnext":
+        params["backbone_norms"] = backbone.norm_params(out_features, backbone_norms, config.hidden_sizes)
     return ConvNeXt(config, params, backend=backend, preprocessor=ImageProcessor.from_pretrained(path),
-                    source=str(path), num_threads=num_threads)
+                    source=str(path), num_threads=num_threads, out_features=out_features)
+
+
+def _check_against_config(config: ConvNextConfig, arch: dict, config_path, where: str) -> None:
+    """The tensors must be what ``config.json`` describes (sizes, head, structure)."""
+    found = {**arch, **arch["structure"]}
+    for field in ("depths", "hidden_sizes", "num_labels", *arch["structure"]):
+        if getattr(config, field) != found[field]:
+            raise WeightsError(f"{config_path}: {field} is {getattr(config, field)!r}, "
+                               f"but the tensors in {where} have {found[field]!r}")
+    if not config.final_norm and arch["structure"].get("final_norm", True):
+        raise WeightsError(f"{config_path}: a ConvNextBackbone has no final LayerNorm, but "
+                           f"{where} has one")
+
+
+def _check_timm_structure(architecture: str, arch: dict, config_path, where: str) -> None:
+    """A timm directory's ``architecture`` must build what the tensors hold (:mod:`.family`)."""
+    known = family.timm_structure(architecture)
+    if known is None:
+        return
+    variant, structure = known
+    found = {**STRUCTURE_DEFAULTS, **arch["structure"]}
+    differ = [f"{k} {structure[k]!r} (the tensors have {found[k]!r})" for k in
+              ("stem_type", "norm_layer", "head_norm_first", "head_hidden_size") if structure[k] != found[k]]
+    if differ:
+        raise WeightsError(f"{config_path}: architecture {architecture!r} has " + ", ".join(differ)
+                           + f", which {where} does not match")
+    depths, dims = VARIANTS[variant][:2]
+    if (tuple(arch["depths"]), tuple(arch["hidden_sizes"])) != (depths, dims):
+        raise WeightsError(f"{config_path}: architecture {architecture!r} has depths {list(depths)} "
+                           f"and widths {list(dims)}, but the tensors in {where} have "
+                           f"{arch['depths']} and {arch['hidden_sizes']}")
 
 
 def save_pretrained(model: ConvNeXt, directory) -> None:
@@ -176,20 +226,24 @@ def save_pretrained(model: ConvNeXt, directory) -> None:
 
 
 def from_pretrained(source, *, revision: str = "main", cache_dir=None, backend: str = "auto",
-                    num_threads: int | None = None) -> ConvNeXt:
+                    num_threads: int | None = None, out_features=None, out_indices=None) -> ConvNeXt:
     """Load a ConvNeXt from a local directory or weights file, or by name (``shared/api.md``).
 
     A local path always wins and never touches the network. A name (hub id, timm name or alias
     from :mod:`convnext_np.checkpoints`) is resolved from the Hugging Face cache, else
     downloaded (:func:`convnext_np.hub.resolve`); ``revision`` and ``cache_dir`` apply to names.
     ``num_threads`` sets the threads of every forward pass (:mod:`convnext_np.threads`).
+    ``out_features`` (stage names) or ``out_indices`` pick the maps of ``out.feature_maps``, as
+    transformers' Backbone classes do (:mod:`convnext_np.backbone`).
     """
     path = Path(os.fspath(source)).expanduser()
     if path.exists():
-        return load_local(path, backend=backend, num_threads=num_threads)
+        return load_local(path, backend=backend, num_threads=num_threads,
+                          out_features=out_features, out_indices=out_indices)
     from . import hub  # imported on first use: plain local loading needs no HTTP machinery
 
     model = load_local(hub.resolve(str(source), revision=revision, cache_dir=cache_dir),
-                       backend=backend, num_threads=num_threads)
+                       backend=backend, num_threads=num_threads, out_features=out_features,
+                       out_indices=out_indices)
     model.source = str(source)
     return model

@@ -9,11 +9,12 @@ parameters go in as ``block(x, **params, eps=...)``. ``ops`` is a backend: the N
 
 from __future__ import annotations
 
+import types
 from dataclasses import dataclass
 
 import numpy as np
 
-from . import backends, threads
+from . import backends, ops as numpy_ops, threads
 from .config import ConvNextConfig
 from .errors import ImageError
 
@@ -23,6 +24,16 @@ MIN_INPUT_SIZE = 32  # four downsamplings (4, 2, 2, 2) leave at least one pixel
 def stem(x, w, b, norm_w, norm_b, *, eps, ops):
     """Patchify stem: 4x4 conv, stride 4, then LayerNorm (paper Sec. 2.2)."""
     x = ops.patchify(x, w, b, 4)  # [N, H, W, 3] -> [N, H/4, W/4, C0]
+    return ops.layer_norm(x, norm_w, norm_b, eps)
+
+
+def overlap_stem(x, conv1_w, conv1_b, w, b, norm_w, norm_b, *, act, eps, ops):
+    """timm's overlapping stem (the ``_ols`` models): 3x3 conv, stride 2, padding 1; GELU if
+    ``act`` (``stem_type='overlap_act'``); a second such conv; then the norm. Total stride 4."""
+    x = ops.conv2d(x, conv1_w, conv1_b, 3, 2, 1)  # [N, H, W, 3] -> [N, H/2, W/2, C_mid]
+    if act:
+        x = ops.gelu(x)
+    x = ops.conv2d(x, w, b, 3, 2, 1)  # -> [N, H/4, W/4, C0]
     return ops.layer_norm(x, norm_w, norm_b, eps)
 
 
@@ -45,20 +56,82 @@ def block(x, dwconv_w, dwconv_b, norm_w, norm_b, pwconv1_w, pwconv1_b, pwconv2_w
     return r + gamma * x
 
 
-def head(x, norm_w, norm_b, fc_w=None, fc_b=None, *, eps, ops):
-    """Global average pool, then LayerNorm, then Linear (spec A.4: the order in every port)."""
+def head(x, norm_w, norm_b, fc_w=None, fc_b=None, pre_w=None, pre_b=None, *, eps, ops):
+    """Global average pool, then LayerNorm, then Linear (spec A.4: the order in every port).
+
+    timm's ``convnext_large_mlp`` puts a Linear (``head.pre_logits.fc``) and GELU between the
+    norm and the classifier; ``pooled`` is then their output, what timm's
+    ``forward_head(pre_logits=True)`` returns."""
     pooled = ops.layer_norm(ops.global_avg_pool(x), norm_w, norm_b, eps)  # [N, h, w, C] -> [N, C]
+    if pre_w is not None:
+        pooled = ops.gelu(ops.linear(pooled, pre_w, pre_b))  # [N, C] -> [N, head_hidden_size]
     logits = None if fc_w is None else ops.linear(pooled, fc_w, fc_b)  # [N, C] -> [N, K]
     return pooled, logits
 
 
-def forward(params, x, *, eps, head_eps, ops):
-    """[N, H, W, 3] -> (hidden states: stem and 4 stages, pooled, logits), channels-last."""
+def norm_first_head(x, norm_w, norm_b, fc_w=None, fc_b=None, *, eps, ops):
+    """timm's ``_hnf`` head: the norm over every position of the map first, then pool, then fc."""
+    pooled = ops.global_avg_pool(ops.layer_norm(x, norm_w, norm_b, eps))
+    logits = None if fc_w is None else ops.linear(pooled, fc_w, fc_b)
+    return pooled, logits
+
+
+def token_sequence(x, norm_w, norm_b, *, eps, ops):
+    """DINOv3 ConvNeXt's output (transformers ``DINOv3ConvNextModel``): the pooled token, then every
+    spatial token in row-major order, each through the final LayerNorm. Token 0 is ``pooled``.
+
+    [N, h, w, C] -> [N, 1 + h*w, C]
+    """
+    n, h, w, c = x.shape
+    tokens = np.concatenate([ops.global_avg_pool(x)[:, None], x.reshape(n, h * w, c)], axis=1)
+    return ops.layer_norm(tokens, norm_w, norm_b, eps)
+
+
+STAGE_NAMES = ("stem", "stage1", "stage2", "stage3", "stage4")  # transformers' Backbone names
+
+
+def feature_maps(hidden, norms, out_features, *, pixels, ops):
+    """The maps of transformers' Backbone classes, channels-last, one per name in ``out_features``.
+
+    ``ConvNextBackbone`` passes each through its own channels-first LayerNorm, eps 1e-6
+    (``hidden_states_norms.<stage>``; ``norms`` holds their parameters). ``DINOv3ConvNextBackbone``
+    has no such norms (``norms`` is None) and its ``"stem"`` is the input itself."""
+    if norms is None:
+        maps = [pixels, *hidden[1:]]
+        return [maps[STAGE_NAMES.index(name)] for name in out_features]
+    return [ops.layer_norm(hidden[STAGE_NAMES.index(name)], norms[name]["w"], norms[name]["b"], 1e-6)
+            for name in out_features]
+
+
+def with_norm(ops, kind):
+    """``ops`` with every LayerNorm replaced by timm's ``norm_layer`` of that ``kind``.
+
+    timm swaps the norm of the whole network at once (``_get_norm_layers``); so does this. The
+    backend's fused layers assume LayerNorm, so they are left out; the norm is the NumPy one."""
+    names = ("patchify", "conv2d", "depthwise_conv", "gelu", "linear", "global_avg_pool")
+    return types.SimpleNamespace(**{name: getattr(ops, name) for name in names},
+                                 layer_norm=NORMS[kind])
+
+
+NORMS = {"simplenorm": numpy_ops.simple_norm}
+
+
+def forward(params, x, *, eps, head_eps, ops, stem_type="patch", norm_layer="layernorm",
+            head_norm_first=False):
+    """[N, H, W, 3] -> (hidden states: stem and 4 stages, pooled, logits), channels-last.
+
+    The keywords after ``ops`` are timm's structural variants (see :class:`ConvNextConfig`);
+    ``pooled`` and ``logits`` are None for a model without a final norm (a Backbone)."""
+    if norm_layer != "layernorm":
+        ops = with_norm(ops, norm_layer)
     # A backend may fuse a whole layer, same signature (kernels.stem, .downsample and .block do).
     stem_ = getattr(ops, "stem", stem)
     downsample_ = getattr(ops, "downsample", downsample)
     block_ = getattr(ops, "block", block)
-    x = stem_(x, **params["stem"], eps=eps, ops=ops)
+    if stem_type == "patch":
+        x = stem_(x, **params["stem"], eps=eps, ops=ops)
+    else:
+        x = overlap_stem(x, **params["stem"], act=stem_type == "overlap_act", eps=eps, ops=ops)
     hidden = [x]
     for stage in params["stages"]:
         if stage["downsample"] is not None:
@@ -66,7 +139,10 @@ def forward(params, x, *, eps, head_eps, ops):
         for p in stage["blocks"]:
             x = block_(x, **p, eps=eps, ops=ops)
         hidden.append(x)
-    pooled, logits = head(x, **params["head"], eps=head_eps, ops=ops)
+    if not params["head"]:
+        return hidden, None, None
+    head_ = norm_first_head if head_norm_first else head
+    pooled, logits = head_(x, **params["head"], eps=head_eps, ops=ops)
     return hidden, pooled, logits
 
 
@@ -91,9 +167,13 @@ class ConvNextOutput:
     """What a forward pass returns; names as in transformers (``pooled`` = ``pooler_output``)."""
 
     logits: np.ndarray | None  # (N, num_labels); None for a model without a head
-    pooled: np.ndarray  # (N, C_last): average pool, then the final LayerNorm
+    pooled: np.ndarray | None  # (N, C_last): average pool, then the final LayerNorm; None for a Backbone
     last_hidden_state: np.ndarray  # (N, C_last, H//32, W//32), before pooling and norm
     hidden_states: tuple | None = None  # 5 x NCHW: stem output, then each stage's output
+    feature_maps: tuple | None = None  # NCHW, one per stage asked for (out_features)
+    # DINOv3 ConvNeXt only: (N, 1 + h*w, C_last), transformers' DINOv3ConvNextModel
+    # ``last_hidden_state`` (its ``pooler_output`` is token 0, which equals ``pooled``).
+    sequence: np.ndarray | None = None
 
 
 class ConvNeXt:
@@ -104,9 +184,13 @@ class ConvNeXt:
     """
 
     def __init__(self, config: ConvNextConfig, params: dict, *, backend: str = "auto",
-                 preprocessor=None, source: str | None = None, num_threads: int | None = None):
+                 preprocessor=None, source: str | None = None, num_threads: int | None = None,
+                 out_features=None):
         self.config = config
         self.params = _read_only(params)
+        # Stage names whose maps ``out.feature_maps`` returns (see :func:`feature_maps`); their
+        # LayerNorms are in params["backbone_norms"] (absent for DINOv3, which has none).
+        self.out_features = list(out_features) if out_features else None
         self.backend = backends.resolve(backend)
         self.num_threads = threads.check(num_threads)  # None: as the environment configures
         self.preprocessor = preprocessor
@@ -119,16 +203,27 @@ class ConvNeXt:
 
     def __call__(self, pixel_values, output_hidden_states: bool = False) -> ConvNextOutput:
         x = self._check_input(pixel_values)
+        c, ops = self.config, backends.get(self.backend)
+        x = np.ascontiguousarray(x.transpose(0, 2, 3, 1))  # NCHW -> NHWC
+        maps = sequence = None
         with threads.limit(self.backend, self.num_threads):
             hidden, pooled, logits = forward(
-                self.params, np.ascontiguousarray(x.transpose(0, 2, 3, 1)),  # NCHW -> NHWC
-                eps=self.config.norm_eps, head_eps=self.config.layer_norm_eps,
-                ops=backends.get(self.backend))
+                self.params, x, eps=c.norm_eps, head_eps=c.layer_norm_eps, ops=ops,
+                stem_type=c.stem_type, norm_layer=c.norm_layer, head_norm_first=c.head_norm_first)
+            if self.out_features:
+                maps = feature_maps(hidden, self.params.get("backbone_norms"), self.out_features,
+                                    pixels=x, ops=ops)
+            if c.model_type == "dinov3_convnext":
+                sequence = token_sequence(hidden[-1], self.params["head"]["norm_w"],
+                                          self.params["head"]["norm_b"], eps=c.layer_norm_eps, ops=ops)
         if not output_hidden_states:
             hidden = hidden[-1:]
         nchw = tuple(np.ascontiguousarray(h.transpose(0, 3, 1, 2)) for h in hidden)  # -> NCHW
-        return ConvNextOutput(logits=logits, pooled=pooled, last_hidden_state=nchw[-1],
-                              hidden_states=nchw if output_hidden_states else None)
+        return ConvNextOutput(
+            logits=logits, pooled=pooled, last_hidden_state=nchw[-1],
+            hidden_states=nchw if output_hidden_states else None, sequence=sequence,
+            feature_maps=None if maps is None else tuple(
+                np.ascontiguousarray(m.transpose(0, 3, 1, 2)) for m in maps))
 
     def save_pretrained(self, directory) -> None:
         """Write the model in Hugging Face layout (see :func:`convnext_np.loading.save_pretrained`)."""

@@ -89,3 +89,28 @@ def linear(x, w, b):
 def global_avg_pool(x):
     """[N, H, W, C] -> [N, C]"""
     return x.mean(axis=(1, 2))
+
+
+# --- timm's structural variants (``timm/models/convnext.py``) -----------------------------------
+
+def conv2d(x, w, b, kernel, stride, padding):
+    """Dense conv with zero padding and any stride: the 3x3, stride-2, padding-1 convs of timm's
+    overlapping stem. The kernel x kernel windows are gathered into rows ordered (kh, kw, c_in),
+    the layout of the patchify weights, then one GEMM.
+
+    [N, H, W, Ci] -> [N, (H + 2p - k)//s + 1, (W + 2p - k)//s + 1, Co]
+    """
+    xp = np.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+    ho = (xp.shape[1] - kernel) // stride + 1
+    wo = (xp.shape[2] - kernel) // stride + 1
+    windows = [xp[:, i : i + stride * (ho - 1) + 1 : stride, j : j + stride * (wo - 1) + 1 : stride]
+               for i in range(kernel) for j in range(kernel)]  # k*k x [N, ho, wo, Ci]
+    return linear(np.concatenate(windows, axis=-1), w, b)
+
+
+def simple_norm(x, w, b, eps):
+    """timm's SimpleNorm (``timm/layers/fast_norm.py`` ``simple_norm``; ``convnext_zepto_rms``):
+    x / sqrt(var(x) + eps) * w over the channels. Unlike LayerNorm, x keeps its mean, the variance
+    is torch.var's unbiased one (divided by C - 1), and there is no bias (``b`` is None)."""
+    var = x.var(axis=-1, ddof=1, keepdims=True)
+    return x / np.sqrt(var + eps) * w

@@ -49,12 +49,53 @@ RENAMES = {
         (r"head\.(weight|bias)", r"classifier.\1"),
     ],
 }
+# The wider family, as new rows. Names that no transformers class has are kept as timm
+# spells them (``norm_pre``, ``head.pre_logits.fc``) or, for the first conv of timm's
+# overlapping stem, ``convnext.embeddings.stem_conv1``.
+RENAMES["hf"] += [  # ConvNextBackbone: one LayerNorm per returned map
+    (r"(hidden_states_norms\.(?:stem|stage[1-4])\.(?:weight|bias))", r"\1"),
+]
+RENAMES["timm"] += [
+    (r"norm_pre\.(weight|bias)", r"norm_pre.\1"),  # convnext_tiny_hnf
+    (r"head\.pre_logits\.fc\.(weight|bias)", r"head.pre_logits.fc.\1"),  # convnext_large_mlp
+]
+_TIMM_BODY = RENAMES["timm"][2:]  # everything after the patchify stem's two rows
+RENAMES["timm-overlap"] = [  # stem_type 'overlap' / 'overlap_tiered': conv, conv, norm
+    (r"stem\.0\.(weight|bias)", r"convnext.embeddings.stem_conv1.\1"),
+    (r"stem\.1\.(weight|bias)", r"convnext.embeddings.patch_embeddings.\1"),
+    (r"stem\.2\.(weight|bias)", r"convnext.embeddings.layernorm.\1"),
+] + _TIMM_BODY
+RENAMES["timm-overlap-act"] = [  # stem_type 'overlap_act': conv, GELU (stem.1), conv, norm
+    (r"stem\.0\.(weight|bias)", r"convnext.embeddings.stem_conv1.\1"),
+    (r"stem\.2\.(weight|bias)", r"convnext.embeddings.patch_embeddings.\1"),
+    (r"stem\.3\.(weight|bias)", r"convnext.embeddings.layernorm.\1"),
+] + _TIMM_BODY
+_DINO_STAGE = r"convnext.encoder.stages.\1"
+_DINO_BLOCK = _DINO_STAGE + r".layers.\2"
+RENAMES["dinov3"] = [  # transformers' DINOv3ConvNextModel (the stem is stage 0's downsample_layers)
+    (r"stages\.0\.downsample_layers\.0\.(weight|bias)", r"convnext.embeddings.patch_embeddings.\1"),
+    (r"stages\.0\.downsample_layers\.1\.(weight|bias)", r"convnext.embeddings.layernorm.\1"),
+    (r"stages\.([123])\.downsample_layers\.([01])\.(weight|bias)", _DINO_STAGE + r".downsampling_layer.\2.\3"),
+    (r"stages\.(\d+)\.layers\.(\d+)\.depthwise_conv\.(weight|bias)", _DINO_BLOCK + r".dwconv.\3"),
+    (r"stages\.(\d+)\.layers\.(\d+)\.layer_norm\.(weight|bias)", _DINO_BLOCK + r".layernorm.\3"),
+    (r"stages\.(\d+)\.layers\.(\d+)\.pointwise_conv([12])\.(weight|bias)", _DINO_BLOCK + r".pwconv\3.\4"),
+    (r"stages\.(\d+)\.layers\.(\d+)\.gamma", _DINO_BLOCK + r".layer_scale_parameter"),
+    (r"layer_norm\.(weight|bias)", r"convnext.layernorm.\1"),
+]
+# Tensors that the reference converters discard: the original DINOv3 ConvNeXt checkpoint (in
+# facebookresearch naming) carries ``norms.3``, which transformers' converter skips and timm's
+# checkpoint_filter_fn drops with every other ``norms.*``.
+DROPPED = {"fb": (r"norms\.3\.(weight|bias)",)}
+
 # A key that only one scheme has: how the scheme of a state dict is recognised.
 SIGNATURES = {
     "hf": ("convnext.embeddings.patch_embeddings.weight", "embeddings.patch_embeddings.weight"),
     "timm": ("stem.0.weight",),
     "fb": ("downsample_layers.0.0.weight",),
+    "dinov3": ("stages.0.downsample_layers.0.weight",),
 }
+# timm's overlapping stems: a timm state dict whose stem has a third (fourth) tensor group.
+TIMM_STEMS = (("stem.3.weight", "timm-overlap-act"), ("stem.2.weight", "timm-overlap"))
 # Wrappers around a state dict in training checkpoints, in the order timm's loader prefers
 # them (EMA weights first, as the published "_ema" files hold).
 WRAPPERS = ("state_dict_ema", "model_ema", "state_dict", "model", "module")
@@ -81,6 +122,8 @@ def detect_scheme(keys, where: str) -> str:
                            "convnext_np implements ConvNeXt V1")
     for scheme, signature in SIGNATURES.items():
         if keys & set(signature):
+            if scheme == "timm":
+                scheme = next((name for key, name in TIMM_STEMS if key in keys), scheme)
             return scheme
     sample = ", ".join(sorted(keys)[:5]) or "no tensors at all"
     raise WeightsError(f"{where}: not a ConvNeXt checkpoint in any known naming "
@@ -91,6 +134,8 @@ def to_hf_names(state_dict: dict, scheme: str, where: str) -> dict:
     """Rename every key of ``scheme`` to its HF name; timm's 1x1-conv MLP weights -> Linear."""
     out = {}
     for key, value in state_dict.items():
+        if any(re.fullmatch(pattern, key) for pattern in DROPPED.get(scheme, ())):
+            continue
         for pattern, repl in RENAMES[scheme]:
             m = re.fullmatch(pattern, key)
             if m:
@@ -138,6 +183,41 @@ def param_table(config: ConvNextConfig) -> list:
                    "fc_w": (config.num_labels, c3), "fc_b": (config.num_labels,)}
     rows += [(("head", k), v, head_shapes[k]) for k, v in HEAD_NAMES.items()
              if config.num_labels or not k.startswith("fc")]
+    return _variant_rows(config, rows)
+
+
+def make_divisible(v, divisor=8):
+    """timm's ``make_divisible`` (round to a multiple of 8, never below 90% of ``v``)."""
+    new_v = max(divisor, int(v + divisor / 2) // divisor * divisor)
+    return new_v + divisor if new_v < 0.9 * v else new_v
+
+
+def stem_width(config: ConvNextConfig) -> int:
+    """Output channels of the first conv of timm's overlapping stem (half of C0 when tiered)."""
+    c0 = config.hidden_sizes[0]
+    return make_divisible(c0 // 2) if config.stem_type == "overlap_tiered" else c0
+
+
+def _variant_rows(config: ConvNextConfig, rows: list) -> list:
+    """The rows of :func:`param_table` for timm's structural variants (``timm/models/convnext.py``)."""
+    c0, c3, k = config.hidden_sizes[0], config.hidden_sizes[-1], config.num_labels
+    if config.stem_type != "patch":  # two 3x3 convs replace the 4x4 patchify
+        mid = stem_width(config)
+        conv = {"w": (c0, mid, 3, 3)}
+        rows = [(("stem", "conv1_w"), "convnext.embeddings.stem_conv1.weight", (mid, config.num_channels, 3, 3)),
+                (("stem", "conv1_b"), "convnext.embeddings.stem_conv1.bias", (mid,))] + \
+               [(path, name, conv.get(path[-1], shape)) for path, name, shape in rows]
+    if config.head_norm_first:  # the same norm, over the map, is timm's norm_pre
+        rows = [(path, name.replace("convnext.layernorm.", "norm_pre."), shape) for path, name, shape in rows]
+    if config.head_hidden_size:
+        hh = config.head_hidden_size
+        rows = [(path, name, (k, hh) if path == ("head", "fc_w") else shape) for path, name, shape in rows]
+        rows += [(("head", "pre_w"), "head.pre_logits.fc.weight", (hh, c3)),
+                 (("head", "pre_b"), "head.pre_logits.fc.bias", (hh,))]
+    if not config.final_norm:  # transformers' ConvNextBackbone: no final norm, no head
+        rows = [row for row in rows if row[0][0] != "head"]
+    if config.norm_layer == "simplenorm":  # no bias in any norm
+        rows = [row for row in rows if row[0][-1] != "norm_b"]
     return rows
 
 
@@ -161,6 +241,47 @@ def infer_architecture(hf: dict, where: str) -> dict:
     return {"depths": depths, "hidden_sizes": dims, "num_labels": 0 if head is None else head.shape[0]}
 
 
+def infer_structure(hf: dict, scheme: str) -> dict:
+    """The config fields of timm's structural variants and of DINOv3, read off HF-named tensors
+    (see :class:`ConvNextConfig`); empty for the paper's ConvNeXt."""
+    s = {}
+    if "convnext.embeddings.stem_conv1.weight" in hf:
+        c0, mid = hf["convnext.embeddings.patch_embeddings.weight"].shape[:2]
+        s["stem_type"] = "overlap_act" if scheme == "timm-overlap-act" else \
+            "overlap" if mid == c0 else "overlap_tiered"
+    if "convnext.embeddings.layernorm.weight" in hf and "convnext.embeddings.layernorm.bias" not in hf:
+        s["norm_layer"] = "simplenorm"  # timm's convnext_zepto_rms: norms without bias
+    if "norm_pre.weight" in hf:
+        s["head_norm_first"] = True
+    if "head.pre_logits.fc.weight" in hf:
+        s["head_hidden_size"] = int(hf["head.pre_logits.fc.weight"].shape[0])
+    if not any(k in hf for k in ("convnext.layernorm.weight", "norm_pre.weight")):
+        s["final_norm"] = False
+    if scheme == "dinov3":
+        s["model_type"] = "dinov3_convnext"
+    return s
+
+
+def pop_backbone_norms(hf: dict, hidden_sizes, where: str) -> dict:
+    """Take transformers' ConvNextBackbone norms (``hidden_states_norms.<stage>``) out of ``hf``:
+    stage name -> {"w", "b"}, in stage order, each checked against the stage's width."""
+    widths = dict(zip(("stem", "stage1", "stage2", "stage3", "stage4"), [hidden_sizes[0], *hidden_sizes]))
+    norms = {}
+    for stage, c in widths.items():
+        names = [f"hidden_states_norms.{stage}.{p}" for p in ("weight", "bias")]
+        found = [hf.pop(n) for n in names if n in hf]
+        if not found:
+            continue
+        if len(found) != 2:
+            raise WeightsError(f"{where}: hidden_states_norms.{stage} needs both weight and bias")
+        for name, value in zip(names, found):
+            if tuple(value.shape) != (c,):
+                raise WeightsError(f"{where}: tensor {name!r} has shape {tuple(value.shape)}, "
+                                   f"stage {stage!r} has {c} channels")
+        norms[stage] = {"w": torch_to_ours(names[0], found[0]), "b": torch_to_ours(names[1], found[1])}
+    return norms
+
+
 def default_norm_eps(hidden_sizes) -> float:
     """1e-6, except for timm's xxlarge (1e-5, spec A.4)."""
     for _, dims, _, eps in VARIANTS.values():
@@ -181,6 +302,8 @@ def _patch_out(w, shape):
 
 LAYOUTS = [  # (name pattern, torch -> ours, ours -> torch)
     (r"(patch_embeddings|downsampling_layer\.1)\.weight", _patch_in, _patch_out),
+    (r"stem_conv1\.weight", _patch_in, _patch_out),  # timm's overlapping stem: 3x3 kernels
+    (r"pre_logits\.fc\.weight", lambda w: w.T, lambda w, s: w.T),  # timm convnext_large_mlp
     (r"dwconv\.weight", lambda w: w[:, 0].transpose(1, 2, 0), lambda w, s: w.transpose(2, 0, 1)[:, None]),
     (r"(pwconv[12]|classifier)\.weight", lambda w: w.T, lambda w, s: w.T),
 ]
@@ -229,10 +352,19 @@ def check_tensors(hf: dict, config: ConvNextConfig, where: str) -> None:
 
 
 def empty_tree(config: ConvNextConfig) -> dict:
-    """The parameter tree's skeleton: stem, 4 stages (downsample None in stage 0), head."""
-    return {"stem": {}, "head": {},
+    """The parameter tree's skeleton: stem, 4 stages (downsample None in stage 0), head.
+
+    With bias-free norms (timm's SimpleNorm) every ``norm_b`` is None."""
+    tree = {"stem": {}, "head": {},
             "stages": [{"downsample": None if s == 0 else {}, "blocks": [{} for _ in range(d)]}
                        for s, d in enumerate(config.depths)]}
+    if config.norm_layer == "simplenorm":
+        layers = [tree["stem"], *([tree["head"]] if config.final_norm else []),
+                  *(stage[part] for stage in tree["stages"][1:] for part in ["downsample"]),
+                  *(block for stage in tree["stages"] for block in stage["blocks"])]
+        for layer in layers:
+            layer["norm_b"] = None
+    return tree
 
 
 def _node(tree, path):

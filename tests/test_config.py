@@ -43,7 +43,7 @@ def test_invalid_configs(bad, message):
 def test_variants_table():
     assert cnp.ConvNextConfig.from_variant("tiny").variant() == "tiny"
     assert cnp.ConvNextConfig.from_variant("xxlarge").norm_eps == 1e-5
-    assert set(cnp.VARIANTS) == {"atto", "femto", "pico", "nano", "tiny", "small", "base", "large",
+    assert set(cnp.VARIANTS) == {"zepto", "atto", "femto", "pico", "nano", "tiny", "small", "base", "large",
                                  "xlarge", "xxlarge"}
     with pytest.raises(ValueError, match="unknown ConvNeXt variant"):
         cnp.ConvNextConfig.from_variant("huge")
