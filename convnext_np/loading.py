@@ -137,6 +137,7 @@ def load_local(path: Path, *, backend: str = "auto", num_threads: int | None = N
         config = ConvNextConfig.from_dict(config_json, where=path / "config.json")
         config.id2label = {}  # DINOv3ConvNextModel has no head
         config.norm_eps = config.layer_norm_eps  # one eps for every norm in DINOv3ConvNextModel
+        config.final_norm = not _is_backbone(config_json)
         _check_against_config(config, arch, path / "config.json", where)
     elif config_json is not None:  # Hugging Face layout
         model_type = config_json.get("model_type")
@@ -147,20 +148,28 @@ def load_local(path: Path, *, backend: str = "auto", num_threads: int | None = N
         config = ConvNextConfig.from_dict(config_json, where=path / "config.json")
         if arch["num_labels"] == 0:  # a ConvNextModel (no head): HF ignores num_labels then
             config.id2label = {}
-        if "ConvNextBackbone" in config_json.get("architectures", ()):
-            config.final_norm = False  # transformers' ConvNextBackbone has no final LayerNorm
+        config.final_norm = not _is_backbone(config_json)  # a Backbone has no final LayerNorm
         _check_against_config(config, arch, path / "config.json", where)
     else:  # a bare weights file
         config = _config_from_tensors(arch, scheme)
 
     params = weights.to_params(hf, config, where)
-    if backbone_norms and out_features is None and out_indices is None:
-        out_features = list(backbone_norms)  # a Backbone checkpoint returns its own maps
+    if out_features is None and out_indices is None:  # a Backbone checkpoint returns its own maps
+        if config_json is not None and _is_backbone(config_json):
+            out_features = config_json.get("out_features")
+        elif backbone_norms:
+            out_features = list(backbone_norms)
     out_features = backbone.resolve_out_features(out_features, out_indices)
     if out_features and config.model_type != "dinov3_convnext":
         params["backbone_norms"] = backbone.norm_params(out_features, backbone_norms, config.hidden_sizes)
     return ConvNeXt(config, params, backend=backend, preprocessor=ImageProcessor.from_pretrained(path),
                     source=str(path), num_threads=num_threads, out_features=out_features)
+
+
+def _is_backbone(config_json: dict) -> bool:
+    """Whether ``config.json`` is that of a transformers Backbone class (``ConvNextBackbone``...)."""
+    architectures = config_json.get("architectures") or ()
+    return any(str(a).endswith("Backbone") for a in architectures)
 
 
 def _check_against_config(config: ConvNextConfig, arch: dict, config_path, where: str) -> None:

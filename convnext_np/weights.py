@@ -72,14 +72,16 @@ RENAMES["timm-overlap-act"] = [  # stem_type 'overlap_act': conv, GELU (stem.1),
 ] + _TIMM_BODY
 _DINO_STAGE = r"convnext.encoder.stages.\1"
 _DINO_BLOCK = _DINO_STAGE + r".layers.\2"
-RENAMES["dinov3"] = [  # transformers' DINOv3ConvNextModel (the stem is stage 0's downsample_layers)
-    (r"stages\.0\.downsample_layers\.0\.(weight|bias)", r"convnext.embeddings.patch_embeddings.\1"),
-    (r"stages\.0\.downsample_layers\.1\.(weight|bias)", r"convnext.embeddings.layernorm.\1"),
-    (r"stages\.([123])\.downsample_layers\.([01])\.(weight|bias)", _DINO_STAGE + r".downsampling_layer.\2.\3"),
-    (r"stages\.(\d+)\.layers\.(\d+)\.depthwise_conv\.(weight|bias)", _DINO_BLOCK + r".dwconv.\3"),
-    (r"stages\.(\d+)\.layers\.(\d+)\.layer_norm\.(weight|bias)", _DINO_BLOCK + r".layernorm.\3"),
-    (r"stages\.(\d+)\.layers\.(\d+)\.pointwise_conv([12])\.(weight|bias)", _DINO_BLOCK + r".pwconv\3.\4"),
-    (r"stages\.(\d+)\.layers\.(\d+)\.gamma", _DINO_BLOCK + r".layer_scale_parameter"),
+# transformers' DINOv3ConvNextModel: the stem is stage 0's downsample_layers; transformers 5
+# saves the stages under ``model.``, earlier files (and the hub's) have them bare.
+RENAMES["dinov3"] = [
+    (r"(?:model\.)?stages\.0\.downsample_layers\.0\.(weight|bias)", r"convnext.embeddings.patch_embeddings.\1"),
+    (r"(?:model\.)?stages\.0\.downsample_layers\.1\.(weight|bias)", r"convnext.embeddings.layernorm.\1"),
+    (r"(?:model\.)?stages\.([123])\.downsample_layers\.([01])\.(weight|bias)", _DINO_STAGE + r".downsampling_layer.\2.\3"),
+    (r"(?:model\.)?stages\.(\d+)\.layers\.(\d+)\.depthwise_conv\.(weight|bias)", _DINO_BLOCK + r".dwconv.\3"),
+    (r"(?:model\.)?stages\.(\d+)\.layers\.(\d+)\.layer_norm\.(weight|bias)", _DINO_BLOCK + r".layernorm.\3"),
+    (r"(?:model\.)?stages\.(\d+)\.layers\.(\d+)\.pointwise_conv([12])\.(weight|bias)", _DINO_BLOCK + r".pwconv\3.\4"),
+    (r"(?:model\.)?stages\.(\d+)\.layers\.(\d+)\.gamma", _DINO_BLOCK + r".layer_scale_parameter"),
     (r"layer_norm\.(weight|bias)", r"convnext.layernorm.\1"),
 ]
 # Tensors that the reference converters discard: the original DINOv3 ConvNeXt checkpoint (in
@@ -92,7 +94,7 @@ SIGNATURES = {
     "hf": ("convnext.embeddings.patch_embeddings.weight", "embeddings.patch_embeddings.weight"),
     "timm": ("stem.0.weight",),
     "fb": ("downsample_layers.0.0.weight",),
-    "dinov3": ("stages.0.downsample_layers.0.weight",),
+    "dinov3": ("stages.0.downsample_layers.0.weight", "model.stages.0.downsample_layers.0.weight"),
 }
 # timm's overlapping stems: a timm state dict whose stem has a third (fourth) tensor group.
 TIMM_STEMS = (("stem.3.weight", "timm-overlap-act"), ("stem.2.weight", "timm-overlap"))
@@ -203,10 +205,9 @@ def _variant_rows(config: ConvNextConfig, rows: list) -> list:
     c0, c3, k = config.hidden_sizes[0], config.hidden_sizes[-1], config.num_labels
     if config.stem_type != "patch":  # two 3x3 convs replace the 4x4 patchify
         mid = stem_width(config)
-        conv = {"w": (c0, mid, 3, 3)}
         rows = [(("stem", "conv1_w"), "convnext.embeddings.stem_conv1.weight", (mid, config.num_channels, 3, 3)),
                 (("stem", "conv1_b"), "convnext.embeddings.stem_conv1.bias", (mid,))] + \
-               [(path, name, conv.get(path[-1], shape)) for path, name, shape in rows]
+               [(path, name, (c0, mid, 3, 3) if path == ("stem", "w") else shape) for path, name, shape in rows]
     if config.head_norm_first:  # the same norm, over the map, is timm's norm_pre
         rows = [(path, name.replace("convnext.layernorm.", "norm_pre."), shape) for path, name, shape in rows]
     if config.head_hidden_size:
