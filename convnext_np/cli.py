@@ -18,6 +18,7 @@ import numpy as np
 
 from .classify import DEFAULT_MODEL, iter_classify, load_model
 from .config import VARIANTS, ConvNextConfig
+from .family import describe
 from .errors import ConvNextError, ImageError
 from .golden import add_golden_parser
 from .published import add_verify_parser
@@ -191,6 +192,8 @@ def cmd_info(args) -> int:
     height, width = args.size, args.width or args.size
     print(f"ConvNeXt {config.variant() or 'custom'}: depths {config.depths}, widths "
           f"{config.hidden_sizes}, {config.num_labels} classes, input 3x{height}x{width}")
+    if describe(config):
+        print(f"structure: {describe(config)}")
     print(f"{'part':8s} {'output (C, H, W)':>18s} {'params':>12s} {'GMACs':>8s}")
     rows = stage_rows(config, height, width)
     for r in rows:

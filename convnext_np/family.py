@@ -42,3 +42,11 @@ def timm_structure(architecture: str) -> tuple[str, dict] | None:
         return None
     variant, fields = TIMM_ARCHITECTURES[architecture]
     return variant, {**STRUCTURE_DEFAULTS, "final_norm": True, **fields}
+
+
+def describe(config) -> str:
+    """One line naming what sets ``config`` apart from the paper's ConvNeXt; empty if nothing."""
+    parts = [] if config.model_type == "convnext" else [f"model_type {config.model_type}"]
+    parts += [f"{k} {getattr(config, k)}" for k, default in STRUCTURE_DEFAULTS.items()
+              if getattr(config, k) != default]
+    return ", ".join(parts)

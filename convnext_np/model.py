@@ -213,7 +213,7 @@ class ConvNeXt:
             if self.out_features:
                 maps = feature_maps(hidden, self.params.get("backbone_norms"), self.out_features,
                                     pixels=x, ops=ops)
-            if c.model_type == "dinov3_convnext":
+            if c.model_type == "dinov3_convnext" and c.final_norm:
                 sequence = token_sequence(hidden[-1], self.params["head"]["norm_w"],
                                           self.params["head"]["norm_b"], eps=c.layer_norm_eps, ops=ops)
         if not output_hidden_states:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 
 from .config import ConvNextConfig
-from .weights import param_table
+from .weights import param_table, stem_width
 
 
 def stage_rows(config: ConvNextConfig, height: int = 224, width: int | None = None) -> list[dict]:
@@ -22,8 +22,11 @@ def stage_rows(config: ConvNextConfig, height: int = 224, width: int | None = No
 
     dims, k = config.hidden_sizes, config.num_labels
     h, w = height // 4, width // 4
-    rows = [{"name": "stem", "shape": (dims[0], h, w), "params": params["stem"],
-             "macs": h * w * dims[0] * 4 * 4 * config.num_channels}]
+    stem_macs = h * w * dims[0] * 4 * 4 * config.num_channels
+    if config.stem_type != "patch":  # timm's overlapping stem: two 3x3 convs of stride 2
+        mid = stem_width(config)
+        stem_macs = (height // 2) * (width // 2) * mid * 9 * config.num_channels + h * w * dims[0] * 9 * mid
+    rows = [{"name": "stem", "shape": (dims[0], h, w), "params": params["stem"], "macs": stem_macs}]
     for s, (depth, c) in enumerate(zip(config.depths, dims)):
         macs = 0
         if s > 0:
@@ -32,6 +35,7 @@ def stage_rows(config: ConvNextConfig, height: int = 224, width: int | None = No
         macs += depth * h * w * c * (7 * 7 + 2 * 4 * c)  # dwconv + pwconv1 + pwconv2
         rows.append({"name": f"stage{s + 1}", "shape": (c, h, w), "params": params[f"stage{s + 1}"],
                      "macs": macs})
-    rows.append({"name": "head", "shape": (k,) if k else (dims[-1],), "params": params["head"],
-                 "macs": dims[-1] * k})
+    width = config.head_hidden_size or dims[-1]  # timm's pre-logits Linear (convnext_large_mlp)
+    rows.append({"name": "head", "shape": (k,) if k else (width,), "params": params.get("head", 0),
+                 "macs": (dims[-1] * width if config.head_hidden_size else 0) + width * k})
     return rows

@@ -57,3 +57,47 @@ def realistic_state_dict(shapes: dict, seed: int = 0) -> dict:
 def random_pixels(shape, seed: int = 0) -> np.ndarray:
     """Normalized-looking input, N(0, 1), float32, NCHW."""
     return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+
+
+def timm_state_dict_shapes(depths, dims, num_classes, *, stem_type="patch", norm_layer="layernorm",
+                           head_norm_first=False, head_hidden_size=None, conv_mlp=False) -> dict:
+    """name -> shape of a timm ``ConvNeXt`` state dict (``timm/models/convnext.py``), for any of
+    timm's structural variants; with :func:`realistic_state_dict`, a timm checkpoint without timm.
+    The live tests check these names and shapes against timm's own models."""
+    from .weights import make_divisible  # the tiered stem's width, as timm computes it
+
+    bias = norm_layer == "layernorm"  # timm's SimpleNorm has a weight only
+
+    def norm(prefix, c):
+        return {f"{prefix}.weight": (c,), **({f"{prefix}.bias": (c,)} if bias else {})}
+
+    def conv(prefix, co, ci, k):
+        return {f"{prefix}.weight": (co, ci, k, k), f"{prefix}.bias": (co,)}
+
+    c0 = dims[0]
+    if stem_type == "patch":
+        shapes = {**conv("stem.0", c0, 3, 4), **norm("stem.1", c0)}
+    else:
+        mid = make_divisible(c0 // 2) if stem_type == "overlap_tiered" else c0
+        second, last = (2, 3) if stem_type == "overlap_act" else (1, 2)
+        shapes = {**conv("stem.0", mid, 3, 3), **conv(f"stem.{second}", c0, mid, 3), **norm(f"stem.{last}", c0)}
+    for s, (depth, c) in enumerate(zip(depths, dims)):
+        if s > 0:
+            shapes.update({**norm(f"stages.{s}.downsample.0", dims[s - 1]),
+                           **conv(f"stages.{s}.downsample.1", c, dims[s - 1], 2)})
+        for b in range(depth):
+            p = f"stages.{s}.blocks.{b}"
+            mlp = (1, 1) if conv_mlp else ()
+            shapes.update({f"{p}.gamma": (c,), f"{p}.conv_dw.weight": (c, 1, 7, 7), f"{p}.conv_dw.bias": (c,),
+                           **norm(f"{p}.norm", c),
+                           f"{p}.mlp.fc1.weight": (4 * c, c, *mlp), f"{p}.mlp.fc1.bias": (4 * c,),
+                           f"{p}.mlp.fc2.weight": (c, 4 * c, *mlp), f"{p}.mlp.fc2.bias": (c,)})
+    c3 = width = dims[-1]
+    shapes.update(norm("norm_pre" if head_norm_first else "head.norm", c3))
+    if head_hidden_size:
+        shapes.update({"head.pre_logits.fc.weight": (head_hidden_size, c3),
+                       "head.pre_logits.fc.bias": (head_hidden_size,)})
+        width = head_hidden_size
+    if num_classes:
+        shapes.update({"head.fc.weight": (num_classes, width), "head.fc.bias": (num_classes,)})
+    return shapes

@@ -1,0 +1,242 @@
+"""The wider ConvNeXt family: timm's structural variants, DINOv3 ConvNeXt, backbones.
+
+``weights/make_family_fixtures.py`` wrote each fixture with timm or transformers: realistic random
+weights saved as that library saves them, and the outputs it computes on three inputs (a batch
+of 2, a non-square input, one whose sides are not multiples of 32).
+"""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from numpy.testing import assert_allclose
+from safetensors.numpy import save_file
+
+import convnext_np as cnp
+from conftest import MAX_DIFFS, ROOT
+from convnext_np import backbone, family, weights
+from convnext_np.config import MODEL_TYPES, STRUCTURE_DEFAULTS, VARIANTS
+from convnext_np.safetensors_file import SafetensorsFile
+from convnext_np.testing import (HIDDEN_RTOL, LOGITS_ATOL, POOLED_ATOL, random_pixels,
+                                 realistic_state_dict, timm_state_dict_shapes)
+
+FAMILY = ROOT / "weights" / "family"
+SOURCES = {"fb-dinov3": "fb-dinov3/checkpoint.pth"}  # else the directory itself
+CASES = sorted(p.name for p in FAMILY.iterdir() if p.is_dir())
+STRUCTURE = {  # what each fixture must load as
+    "timm-ols-tiered": {"stem_type": "overlap_tiered"},
+    "timm-ols": {"stem_type": "overlap"},
+    "timm-ols-act-simplenorm": {"stem_type": "overlap_act", "norm_layer": "simplenorm"},
+    "timm-simplenorm": {"norm_layer": "simplenorm"},
+    "timm-hnf": {"head_norm_first": True},
+    "timm-mlp-head": {"head_hidden_size": 24},
+    "hf-dinov3": {"model_type": "dinov3_convnext"},
+    "fb-dinov3": {"model_type": "dinov3_convnext"},
+    "timm-dinov3": {"model_type": "dinov3_convnext"},
+    "hf-backbone": {"final_norm": False},
+}
+
+
+def test_every_fixture_has_an_expected_structure():
+    assert sorted(STRUCTURE) == CASES
+
+
+def check_outputs(out, ref, i, label):
+    """Every output the reference recorded for input ``i``; returns max |diff| of the main one."""
+    main = None
+    for key in ref.keys():
+        if not key.startswith(f"input{i}.") or key.endswith("pixel_values"):
+            continue
+        name = key.split(".", 1)[1]
+        want = ref.tensor(key)
+        if name.startswith(("hidden_states.", "feature_maps.")):
+            kind, j = name.split(".")
+            got = getattr(out, kind)[int(j)]
+            assert_allclose(got, want, rtol=0, atol=HIDDEN_RTOL * np.abs(want).max(), strict=True)
+        else:
+            got = getattr(out, name)
+            atol = LOGITS_ATOL if name == "logits" else POOLED_ATOL
+            assert_allclose(got, want, rtol=0, atol=atol, strict=True)
+        if name == "logits":
+            assert (got.argmax(1) == want.argmax(1)).all()
+        diff = float(np.abs(got - want).max())
+        if main is None or name == "logits":
+            main = diff
+    MAX_DIFFS[label] = max(MAX_DIFFS.get(label, 0.0), main)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+@pytest.mark.parametrize("case", CASES)
+def test_family_fixture_matches_reference(case, backend):
+    model = cnp.from_pretrained(FAMILY / SOURCES.get(case, case), backend=backend)
+    for field, value in STRUCTURE[case].items():
+        assert getattr(model.config, field) == value, field
+    ref = SafetensorsFile(FAMILY / case / "reference.safetensors")
+    meta = json.loads((FAMILY / case / "reference.json").read_text())
+    for i, spec in enumerate(meta["inputs"]):
+        x = ref.tensor(f"input{i}.pixel_values")
+        assert x.shape == tuple(spec["shape"])
+        out = model(x, output_hidden_states=True)
+        check_outputs(out, ref, i, f"family {case}" + ("" if backend == "numpy" else f" [{backend}]"))
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c.startswith("timm-") and c != "timm-dinov3"])
+def test_bare_timm_file_infers_the_structure(case):
+    """Without config.json, the stem, norm and head kind come from the tensors alone."""
+    model = cnp.from_pretrained(FAMILY / case / "model.safetensors")
+    for field, value in STRUCTURE[case].items():
+        assert getattr(model.config, field) == value, field
+    ref = SafetensorsFile(FAMILY / case / "reference.safetensors")
+    out = model(ref.tensor("input0.pixel_values"))
+    assert_allclose(out.logits, ref.tensor("input0.logits"), rtol=0, atol=LOGITS_ATOL, strict=True)
+
+
+def test_dinov3_outputs_and_refusals():
+    model = cnp.from_pretrained(FAMILY / "hf-dinov3")
+    x = random_pixels((2, 3, 64, 96), 1)
+    out = model(x)
+    assert out.logits is None and model.config.num_labels == 0
+    assert out.sequence.shape == (2, 1 + 2 * 3, model.config.hidden_sizes[-1])
+    assert_allclose(out.sequence[:, 0], out.pooled, rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="no classification head"):
+        cnp.classify(np.zeros((64, 64, 3), np.uint8), model=model)
+    # Only DINOv3 has the sequence output.
+    assert cnp.from_pretrained(FAMILY / "timm-hnf")(x).sequence is None
+
+
+def test_backbone_checkpoint_returns_its_own_maps(tmp_path):
+    model = cnp.from_pretrained(FAMILY / "hf-backbone")
+    assert model.out_features == ["stem", "stage2", "stage4"]
+    out = model(random_pixels((1, 3, 64, 64), 2))
+    assert out.pooled is None and out.logits is None
+    assert [m.shape for m in out.feature_maps] == [(1, 12, 16, 16), (1, 20, 8, 8), (1, 44, 2, 2)]
+    # Asked for other stages: stage3's norm is not in the checkpoint, so it starts at 1 / 0.
+    other = cnp.from_pretrained(FAMILY / "hf-backbone", out_indices=(2, 3))
+    assert other.out_features == ["stage2", "stage3"]
+    maps = other(random_pixels((1, 3, 64, 64), 2)).feature_maps
+    assert_allclose(maps[0], out.feature_maps[1], rtol=0, atol=0)
+    assert maps[1].shape == (1, 36, 4, 4)
+    assert_allclose(maps[1].mean(axis=1), 0, atol=1e-5)  # a LayerNorm at weight 1, bias 0
+
+
+def test_feature_maps_of_a_classifier_are_normalised_hidden_states():
+    model = cnp.from_pretrained(ROOT / "weights" / "fixtures" / "timm", out_features=["stage1", "stage3"])
+    out = model(random_pixels((1, 3, 64, 64), 3), output_hidden_states=True)
+    for got, j in zip(out.feature_maps, (1, 3)):
+        h = out.hidden_states[j]
+        mean = h.mean(axis=1, keepdims=True)
+        want = (h - mean) / np.sqrt(((h - mean) ** 2).mean(axis=1, keepdims=True) + 1e-6)
+        assert_allclose(got, want, rtol=0, atol=1e-5)
+    assert out.logits is not None  # the head still runs
+    assert cnp.from_pretrained(ROOT / "weights" / "fixtures" / "timm")(
+        random_pixels((1, 3, 64, 64), 3)).feature_maps is None
+
+
+def test_dinov3_backbone_maps_have_no_norms():
+    """transformers' DINOv3ConvNextBackbone: its "stem" map is the input, the others are the raw
+    stage outputs."""
+    model = cnp.from_pretrained(FAMILY / "hf-dinov3", out_features=["stem", "stage4"])
+    x = random_pixels((1, 3, 64, 64), 4)
+    out = model(x, output_hidden_states=True)
+    assert_allclose(out.feature_maps[0], x, rtol=0, atol=0)
+    assert_allclose(out.feature_maps[1], out.hidden_states[4], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"out_features": ["stage5"]}, "is not a stage"),
+    ({"out_features": "stage1"}, "list of stage names"),
+    ({"out_indices": (5,)}, "not a stage index"),
+    ({"out_indices": (3, 1)}, "stage order"),
+    ({"out_features": ["stage1"], "out_indices": (2,)}, "different stages"),
+])
+def test_bad_out_features_are_refused(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        backbone.resolve_out_features(**kwargs)
+
+
+def test_negative_out_indices_count_from_the_end():
+    assert backbone.resolve_out_features(out_indices=(-1,)) == ["stage4"]
+    assert backbone.resolve_out_features() is None
+
+
+def test_original_dinov3_file_keeps_norms3_out_of_the_model():
+    model = cnp.from_pretrained(FAMILY / "fb-dinov3" / "checkpoint.pth")
+    names = [name for _, name, _ in weights.param_table(model.config)]
+    assert not any("norms" in n for n in names)
+
+
+def test_timm_architecture_name_must_match_the_structure(tmp_path):
+    """zepto's sizes, but LayerNorm (with bias) where convnext_zepto_rms has SimpleNorm."""
+    depths, dims = VARIANTS["zepto"][:2]
+    save_file(realistic_state_dict(timm_state_dict_shapes(depths, dims, 10, conv_mlp=True)),
+              str(tmp_path / "model.safetensors"))
+    (tmp_path / "config.json").write_text(json.dumps({"architecture": "convnext_zepto_rms", "num_classes": 10}))
+    with pytest.raises(cnp.WeightsError, match="norm_layer 'simplenorm' \\(the tensors have 'layernorm'\\)"):
+        cnp.from_pretrained(tmp_path)
+
+
+@pytest.mark.parametrize("num_classes, first", [(11821, "benthos"), (21841, None), (1000, "tench, Tinca tinca")])
+def test_imagenet_label_sets_by_head_size(num_classes, first, tmp_path):
+    shapes = timm_state_dict_shapes([1, 1, 1, 1], [8, 8, 16, 16], num_classes)
+    save_file(realistic_state_dict(shapes), str(tmp_path / "m.safetensors"))
+    model = cnp.from_pretrained(tmp_path / "m.safetensors")
+    assert model.config.num_labels == num_classes
+    assert not model.config.id2label[0].startswith("LABEL_")
+    if first:
+        assert model.config.id2label[0] == first
+
+
+# --- timm's list of pretrained ConvNeXt tags --------------------------------------------------
+TAGS = json.loads((ROOT / "convnext_np" / "data" / "timm_tags.json").read_text())["tags"]
+# Tags outside this package, with why. timm's test models are not ConvNeXts of the paper.
+NOT_OURS = {"test_convnext": "timm's test model: GELU-tanh activations",
+            "test_convnext2": "timm's test model: GELU-tanh activations",
+            "test_convnext3": "timm's test model: SiLU and 5x5 / 3x3 kernels"}
+
+
+def structure_of(row) -> dict:
+    """The config fields a tag's row describes (the generated table uses timm's class names)."""
+    return {"stem_type": row["stem_type"],
+            "norm_layer": {"LayerNorm2d": "layernorm", "SimpleNorm2d": "simplenorm"}[row["norm"]],
+            "head_norm_first": row["head_norm_first"], "head_hidden_size": row["head_hidden_size"]}
+
+
+def v2_supported() -> bool:
+    return "convnextv2" in MODEL_TYPES
+
+
+@pytest.mark.parametrize("tag", sorted(TAGS))
+def test_every_timm_tag_is_a_structure_we_load(tag, tmp_path):
+    """Each tag's architecture, as the generated table records it, is one our loader builds: the
+    name maps to that structure, and a micro model of it in timm's naming loads and runs."""
+    row = TAGS[tag]
+    if row["architecture"] in NOT_OURS:
+        assert row["act"] != "GELU" or row["kernel_sizes"] != [7, 7, 7, 7]
+        pytest.skip(NOT_OURS[row["architecture"]])
+    if row["grn"] and not v2_supported():
+        pytest.skip("ConvNeXt V2 (GRN) is not in this build")
+    assert row["act"] == "GELU" and row["kernel_sizes"] == [7, 7, 7, 7]
+    variant, structure = family.timm_structure(row["architecture"]) or (None, None)
+    if not row["grn"]:
+        assert structure is not None, f"{row['architecture']} is not in convnext_np.family"
+        assert (list(VARIANTS[variant][0]), list(VARIANTS[variant][1])) == (row["depths"], row["dims"])
+        assert {k: structure[k] for k in structure_of(row)} == structure_of(row)
+        assert VARIANTS[variant][3] == row["norm_eps"]
+    micro = dict(structure_of(row), head_hidden_size=row["head_hidden_size"] and 24)
+    shapes = timm_state_dict_shapes([1, 1, 2, 1], [16, 24, 32, 40], row["num_classes"], conv_mlp=row["conv_mlp"],
+                                    **micro)
+    save_file(realistic_state_dict(shapes), str(tmp_path / "model.safetensors"))
+    model = cnp.from_pretrained(tmp_path / "model.safetensors", backend="numpy")
+    for field, value in micro.items():
+        assert getattr(model.config, field) == value, field
+    out = model(random_pixels((1, 3, 64, 64), 0))
+    assert out.pooled.shape == (1, micro["head_hidden_size"] or 40)
+    assert (out.logits is None) == (row["num_classes"] == 0)
+
+
+def test_the_tag_table_covers_timm_and_its_heads():
+    assert len(TAGS) >= 98
+    heads = {row["num_classes"] for row in TAGS.values()}
+    assert {0, 1000, 11821, 21841, 640, 768, 1024} <= heads
+    assert STRUCTURE_DEFAULTS["stem_type"] == "patch"

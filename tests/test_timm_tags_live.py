@@ -1,0 +1,76 @@
+"""Every pretrained ConvNeXt tag of the installed timm: its structure, built by timm at micro size
+with realistic random weights, loads from a bare weights file and matches timm. A new tag whose
+structure we do not load fails here. Skipped where timm is not installed (it needs torchvision;
+``weights/README.md`` says how to run it).
+"""
+
+import json
+
+import numpy as np
+import pytest
+from numpy.testing import assert_allclose
+from safetensors.numpy import save_file
+
+import convnext_np as cnp
+from conftest import MAX_DIFFS, ROOT
+from convnext_np.config import MODEL_TYPES
+from convnext_np.testing import LOGITS_ATOL, POOLED_ATOL, random_pixels, realistic_state_dict, timm_state_dict_shapes
+
+timm = pytest.importorskip("timm")
+torch = pytest.importorskip("torch")
+
+NOT_OURS = ("test_convnext",)  # timm's test models: GELU-tanh or SiLU, 5x5 and 3x3 kernels
+MICRO = {"depths": (1, 1, 2, 1), "dims": (16, 24, 32, 40)}
+TABLE = json.loads((ROOT / "convnext_np" / "data" / "timm_tags.json").read_text())["tags"]
+
+
+def cases():
+    """Each distinct (architecture, head size) among timm's pretrained ConvNeXt tags."""
+    seen = {}
+    for tag in timm.list_pretrained("*convnext*"):
+        arch = tag.split(".")[0]
+        seen.setdefault((arch, timm.models.get_pretrained_cfg(tag).num_classes), tag)
+    return sorted(seen.items())
+
+
+def test_the_committed_tag_table_lists_every_tag():
+    """``convnext_np/data/timm_tags.json`` (made by weights/make_family_fixtures.py) is current."""
+    assert set(timm.list_pretrained("*convnext*")) <= set(TABLE)
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("case", cases(), ids=lambda c: f"{c[0][0]}-{c[0][1]}")
+def test_tag_structure_loads_and_matches_timm(case, tmp_path):
+    (arch, num_classes), tag = case
+    if arch.startswith(NOT_OURS):
+        pytest.skip("timm's test models are not ConvNeXts of the paper")
+    if arch.startswith("convnextv2") and "convnextv2" not in MODEL_TYPES:
+        pytest.skip("ConvNeXt V2 (GRN) is not in this build")
+    extra = {"head_hidden_size": 24} if TABLE[tag]["head_hidden_size"] else {}
+    model = timm.create_model(arch, pretrained=False, num_classes=num_classes, **MICRO, **extra).eval()
+    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    if not arch.startswith("convnextv2"):  # our description of timm's names, checked by timm
+        row = TABLE[tag]
+        assert shapes == timm_state_dict_shapes(
+            MICRO["depths"], MICRO["dims"], num_classes, stem_type=row["stem_type"],
+            norm_layer={"LayerNorm2d": "layernorm", "SimpleNorm2d": "simplenorm"}[row["norm"]],
+            head_norm_first=row["head_norm_first"], conv_mlp=row["conv_mlp"], **extra)
+    sd = realistic_state_dict(shapes, seed=len(tag))
+    model.load_state_dict({k: torch.from_numpy(v) for k, v in sd.items()}, strict=True)
+    save_file(sd, str(tmp_path / "model.safetensors"))
+    ours = cnp.from_pretrained(tmp_path / "model.safetensors", backend="numpy")
+    # A bare file's norm eps is read off the widths (xxlarge's 1e-5); at micro widths, set it.
+    ours.config.norm_eps = ours.config.layer_norm_eps = TABLE[tag]["norm_eps"]
+    x = random_pixels((2, 3, 64, 64), 0)
+    out = ours(x)
+    t = torch.from_numpy(x)
+    features = model.forward_features(t)
+    assert_allclose(out.pooled, model.forward_head(features, pre_logits=True).numpy(), rtol=0,
+                    atol=POOLED_ATOL, strict=True)
+    if num_classes:
+        want = model.forward_head(features).numpy()
+        assert_allclose(out.logits, want, rtol=0, atol=LOGITS_ATOL, strict=True)
+        assert (out.logits.argmax(1) == want.argmax(1)).all()
+        MAX_DIFFS[f"timm tag {arch} ({num_classes})"] = float(np.abs(out.logits - want).max())
+    else:
+        assert out.logits is None
