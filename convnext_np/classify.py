@@ -44,7 +44,9 @@ def iter_classify(images, model: ConvNeXt, top_k: int = 5, batch_size: int = 8):
     """Yield ``(image, predictions, error)`` per image, in order; a bad image yields its
     :class:`ImageError` and the rest go on. At most ``batch_size`` images are in memory at once."""
     if model.config.num_labels == 0:
-        raise ValueError(f"{model.source}: this model has no classification head")
+        raise ValueError(f"{model.source}: this model has no classification head (a "
+                         f"{model.config.model_type} feature extractor), so it cannot classify; "
+                         "its features are model(pixel_values).pooled (or .feature_maps)")
     if top_k < 1 or batch_size < 1:
         raise ValueError(f"top_k and batch_size must be at least 1, got {top_k} and {batch_size}")
     pending = []  # (image, pixel_values)

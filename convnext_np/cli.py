@@ -149,6 +149,10 @@ def cmd_features(args) -> int:
         return EXIT_USAGE
     paths = expand_paths(args.paths)
     model = _load(args)
+    if not model.config.final_norm:
+        print(f"convnext-np: error: {args.model} is a Backbone checkpoint (no final LayerNorm), so it "
+              "has no pooled features; use it through the Python API's out.feature_maps", file=sys.stderr)
+        return EXIT_USAGE
     done, features, failed = [], [], 0
     progress = Progress(len(paths), _progress_enabled(args))
     for start in range(0, len(paths), args.batch_size):

@@ -215,6 +215,8 @@ class ConvNextConfig:
         for name, default in STRUCTURE_DEFAULTS.items():
             if d[name] == default:
                 del d[name]
+        if self.model_type == "dinov3_convnext":  # fixed in DINOv3ConvNextConfig (num_stages: read-only)
+            del d["num_stages"], d["patch_size"]
         d.setdefault("architectures", [ARCHITECTURES[self.model_type][bool(self.num_labels)]])
         return dict(sorted(d.items()))
 

@@ -103,8 +103,10 @@ def forward_float64(model: ConvNeXt, pixel_values) -> ConvNextOutput:
     x = model._check_input(pixel_values).astype(np.float64)  # float32 is exact in float64
     hidden, pooled, logits = model_mod.forward(
         cast_params(model.params, np.float64), np.ascontiguousarray(x.transpose(0, 2, 3, 1)),
-        eps=model.config.norm_eps, head_eps=model.config.layer_norm_eps, ops=FLOAT64_OPS)
-    assert all(a.dtype == np.float64 for a in [*hidden, pooled] + ([] if logits is None else [logits]))
+        eps=model.config.norm_eps, head_eps=model.config.layer_norm_eps, ops=FLOAT64_OPS,
+        stem_type=model.config.stem_type, norm_layer=model.config.norm_layer,
+        head_norm_first=model.config.head_norm_first)
+    assert all(a.dtype == np.float64 for a in [*hidden, pooled, logits] if a is not None)
     nchw = tuple(np.ascontiguousarray(h.transpose(0, 3, 1, 2)) for h in hidden)  # NHWC -> NCHW
     return ConvNextOutput(logits=logits, pooled=pooled, last_hidden_state=nchw[-1], hidden_states=nchw)
 
@@ -114,7 +116,8 @@ def run_all(model: ConvNeXt, pixel_values, float64: bool = False) -> dict:
     out = forward_float64(model, pixel_values) if float64 else model(pixel_values, output_hidden_states=True)
     tensors = {"pixel_values": np.asarray(pixel_values, dtype=np.float32)}
     tensors.update({f"hidden_states.{i}": h for i, h in enumerate(out.hidden_states)})
-    tensors["pooled"] = out.pooled
+    if out.pooled is not None:  # a Backbone has no final norm
+        tensors["pooled"] = out.pooled
     if out.logits is not None:
         tensors["logits"] = out.logits
     return tensors

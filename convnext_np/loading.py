@@ -209,9 +209,15 @@ def save_pretrained(model: ConvNeXt, directory) -> None:
     ``AutoImageProcessor`` load the result. A timm preprocessing that transformers cannot express
     (``squash`` below 384) writes no ``preprocessor_config.json``.
     """
+    problem = weights.no_transformers_class(model.config)
+    if problem:
+        raise WeightsError(f"{model.source}: cannot write this model in transformers' layout: {problem}")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     tensors = weights.to_hf_tensors(model.params, model.config)
+    config = model.config
+    if config.model_type == "dinov3_convnext" or not config.final_norm:
+        tensors, config = weights.to_transformers_family(tensors, model)
 
     def write(name, writer):
         fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{name}.", suffix=".tmp")
@@ -224,7 +230,7 @@ def save_pretrained(model: ConvNeXt, directory) -> None:
                 os.unlink(tmp)
 
     write("model.safetensors", lambda p: save_file(tensors, p, metadata={"format": "pt"}))
-    write("config.json", model.config.to_json_file)
+    write("config.json", config.to_json_file)
     if model.preprocessor is not None:
         try:
             processor = model.preprocessor.to_hf_dict()

@@ -107,10 +107,12 @@ def with_norm(ops, kind):
     """``ops`` with every LayerNorm replaced by timm's ``norm_layer`` of that ``kind``.
 
     timm swaps the norm of the whole network at once (``_get_norm_layers``); so does this. The
-    backend's fused layers assume LayerNorm, so they are left out; the norm is the NumPy one."""
-    names = ("patchify", "conv2d", "depthwise_conv", "gelu", "linear", "global_avg_pool")
-    return types.SimpleNamespace(**{name: getattr(ops, name) for name in names},
-                                 layer_norm=NORMS[kind])
+    backend's fused layers assume LayerNorm, so they are left out; the norm is the NumPy one, as
+    is any op the backend lacks."""
+    fused = ("stem", "downsample", "block")
+    chosen = {name: getattr(ops, name, value) for name, value in vars(numpy_ops).items()
+              if callable(value) and not name.startswith("_") and name not in fused}
+    return types.SimpleNamespace(**{**chosen, "layer_norm": NORMS[kind]})
 
 
 NORMS = {"simplenorm": numpy_ops.simple_norm}

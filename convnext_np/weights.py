@@ -391,3 +391,52 @@ def to_hf_tensors(params: dict, config: ConvNextConfig) -> dict:
     """The inverse of :func:`to_params`: HF names, torch layout, contiguous float32."""
     return {name: ours_to_torch(name, _node(params, path)[path[-1]], shape)
             for path, name, shape in param_table(config)}
+
+
+def no_transformers_class(config: ConvNextConfig) -> str | None:
+    """Why no transformers class holds ``config``'s model (timm's structural variants), or None."""
+    odd = [f"{k}={getattr(config, k)!r}" for k in ("stem_type", "norm_layer", "head_norm_first",
+                                                   "head_hidden_size")
+           if getattr(config, k) != ConvNextConfig.__dataclass_fields__[k].default]
+    return f"timm's {', '.join(odd)} has no transformers equivalent" if odd else None
+
+
+# Our canonical names -> transformers' DINOv3ConvNextModel names (the inverse of RENAMES["dinov3"]).
+DINOV3_EXPORT = [
+    (r"convnext\.embeddings\.patch_embeddings\.(.+)", r"stages.0.downsample_layers.0.\1"),
+    (r"convnext\.embeddings\.layernorm\.(.+)", r"stages.0.downsample_layers.1.\1"),
+    (r"convnext\.encoder\.stages\.(\d)\.downsampling_layer\.(\d)\.(.+)", r"stages.\1.downsample_layers.\2.\3"),
+    (r"convnext\.encoder\.(stages\.\d+\.layers\.\d+)\.dwconv\.(.+)", r"\1.depthwise_conv.\2"),
+    (r"convnext\.encoder\.(stages\.\d+\.layers\.\d+)\.layernorm\.(.+)", r"\1.layer_norm.\2"),
+    (r"convnext\.encoder\.(stages\.\d+\.layers\.\d+)\.pwconv([12])\.(.+)", r"\1.pointwise_conv\2.\3"),
+    (r"convnext\.encoder\.(stages\.\d+\.layers\.\d+)\.layer_scale_parameter", r"\1.gamma"),
+    (r"convnext\.layernorm\.(.+)", r"layer_norm.\1"),
+]
+
+
+def to_transformers_family(tensors: dict, model) -> tuple:
+    """(tensors, config) of a DINOv3 ConvNeXt or a Backbone in the layout of its transformers class:
+    ``DINOv3ConvNextModel`` / ``DINOv3ConvNextBackbone`` names, or ``ConvNextBackbone``'s (no
+    ``convnext.`` prefix, plus ``hidden_states_norms.<stage>``), with ``out_features`` in the config."""
+    import dataclasses
+
+    config = model.config
+    if config.model_type == "dinov3_convnext":
+        out = {}
+        for name, value in tensors.items():
+            for pattern, repl in DINOV3_EXPORT:
+                if re.fullmatch(pattern, name):
+                    out[re.sub(pattern, repl, name)] = value
+                    break
+        architecture = "DINOv3ConvNextModel" if config.final_norm else "DINOv3ConvNextBackbone"
+    else:
+        out = {name.removeprefix("convnext."): value for name, value in tensors.items()}
+        for stage, norm in (model.params.get("backbone_norms") or {}).items():
+            out[f"hidden_states_norms.{stage}.weight"] = np.ascontiguousarray(norm["w"], np.float32)
+            out[f"hidden_states_norms.{stage}.bias"] = np.ascontiguousarray(norm["b"], np.float32)
+        architecture = "ConvNextBackbone"
+    extra = dict(config.extra, architectures=[architecture])
+    if not config.final_norm and model.out_features:
+        extra["out_features"] = list(model.out_features)
+        extra.pop("out_indices", None)
+    return out, dataclasses.replace(config, extra=extra)
