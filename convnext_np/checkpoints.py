@@ -5,6 +5,16 @@
 stem (``https://dl.fbaipublicfiles.com/convnext/<fb>.pth``). ``crop_pct`` None means the image
 is warped to a square with no crop, as all ports do at 384 (spec D.1, D.2). ``labels`` names
 the label set: ``imagenet-1k`` (1000 classes) or ``imagenet-22k`` (21841 classes).
+
+The wider family (timm's ``pretrained_cfg`` and ``results/results-imagenet.csv``, whose top-1 at
+the train size is ``top1``, %): timm's ImageNet-12k heads (``imagenet-12k``, 11821 classes,
+timm's subset of fall11) and their ImageNet-1k fine-tunes; the LAION CLIP image towers, whose
+head is an embedding projection (``clip-embedding``, ``head_size`` wide; they use OpenAI CLIP's
+mean and std) and their fine-tunes; timm's ``_ols``, ``_hnf`` and ``zepto_rms`` models; and
+DINOv3 ConvNeXt (``model_type="dinov3_convnext"``), headless (``labels="none"``), whose weights
+are gated behind Meta's DINOv3 licence on the hub (``gated``): accept it on the repo's page and
+give the hub client a token (``HF_TOKEN``). Its ``facebook/`` repo preprocesses with a 224x224
+bilinear warp (its own ``preprocessor_config.json``); timm's copy with a crop_pct 1.0 centre crop.
 """
 
 from __future__ import annotations
@@ -23,13 +33,73 @@ class Checkpoint:
     crop_pct: float | None
     labels: str
     sha256: str | None = None  # of the safetensors file, where one has been pinned
+    model_type: str = "convnext"  # "convnextv2" for ConvNeXt V2
+    top1: float | None = None  # published ImageNet-1k top-1 accuracy, %
+    license: str | None = None
+    head_size: int | None = None  # a CLIP tower's embedding width (labels "clip-embedding")
+    gated: bool = False  # the hub serves the weights only after the licence is accepted
 
     @property
     def num_labels(self) -> int:
-        return 21841 if self.labels == "imagenet-22k" else 1000
+        if self.head_size is not None:
+            return self.head_size
+        return LABEL_SET_SIZES[self.labels]
 
 
 _1K, _22K = "imagenet-1k", "imagenet-22k"
+_12K, _CLIP, _NONE = "imagenet-12k", "clip-embedding", "none"
+LABEL_SET_SIZES = {_1K: 1000, _12K: 11821, _22K: 21841, _NONE: 0}
+
+
+def _timm(tag, variant, size, crop_pct, labels, top1=None, **kwargs):
+    """A row for a timm hub checkpoint; its alias is the timm name with dashes."""
+    alias = tag.replace("_", "-").replace(".", "-")
+    return Checkpoint(alias, variant, None, tag, None, size, crop_pct, labels, top1=top1,
+                      license=kwargs.pop("license", "apache-2.0"), **kwargs)
+
+
+def _dinov3(variant):
+    return Checkpoint(f"dinov3-convnext-{variant}", variant, f"facebook/dinov3-convnext-{variant}-pretrain-lvd1689m",
+                      f"convnext_{variant}.dinov3_lvd1689m", None, 224, 1.0, _NONE,
+                      model_type="dinov3_convnext", license="dinov3-license", gated=True)
+
+
+# The wider family: (timm tag, variant, size, crop_pct, labels, top-1 or None, extra fields).
+_FAMILY_ROWS = (
+    # timm's ImageNet-12k models and their ImageNet-1k fine-tunes.
+    _timm("convnext_nano.in12k", "nano", 224, 0.95, _12K),
+    _timm("convnext_tiny.in12k", "tiny", 224, 0.95, _12K),
+    _timm("convnext_small.in12k", "small", 224, 0.95, _12K),
+    _timm("convnext_tiny.in12k_ft_in1k", "tiny", 224, 0.95, _1K, 84.192),
+    _timm("convnext_small.in12k_ft_in1k", "small", 224, 0.95, _1K, 85.164),
+    _timm("convnext_tiny.in12k_ft_in1k_384", "tiny", 384, None, _1K, 85.154),
+    _timm("convnext_small.in12k_ft_in1k_384", "small", 384, None, _1K, 86.186),
+    # LAION CLIP image towers (embedding heads) and their fine-tunes.
+    _timm("convnext_base.clip_laion2b", "base", 256, 1.0, _CLIP, head_size=640),
+    _timm("convnext_base.clip_laion2b_augreg", "base", 256, 1.0, _CLIP, head_size=640),
+    _timm("convnext_base.clip_laiona", "base", 256, 1.0, _CLIP, head_size=640),
+    _timm("convnext_large_mlp.clip_laion2b_augreg", "large", 256, 1.0, _CLIP, head_size=768),
+    _timm("convnext_xxlarge.clip_laion2b_soup", "xxlarge", 256, 1.0, _CLIP, head_size=1024),
+    _timm("convnext_base.clip_laion2b_augreg_ft_in1k", "base", 256, 1.0, _1K, 86.184),
+    _timm("convnext_base.clip_laion2b_augreg_ft_in12k", "base", 256, 1.0, _12K),
+    _timm("convnext_base.clip_laion2b_augreg_ft_in12k_in1k", "base", 256, 1.0, _1K, 86.378),
+    _timm("convnext_base.clip_laion2b_augreg_ft_in12k_in1k_384", "base", 384, None, _1K, 87.144),
+    _timm("convnext_large_mlp.clip_laion2b_augreg_ft_in1k", "large", 256, 1.0, _1K, 87.344),
+    _timm("convnext_large_mlp.clip_laion2b_augreg_ft_in1k_384", "large", 384, None, _1K, 87.890),
+    _timm("convnext_large_mlp.clip_laion2b_soup_ft_in12k_in1k_320", "large", 320, 1.0, _1K, 87.970),
+    _timm("convnext_large_mlp.clip_laion2b_soup_ft_in12k_in1k_384", "large", 384, None, _1K, 88.334),
+    _timm("convnext_xxlarge.clip_laion2b_soup_ft_in1k", "xxlarge", 256, 1.0, _1K, 88.622),
+    # timm's structural variants: overlapping stems, head norm first, SimpleNorm.
+    _timm("convnext_atto_ols.a2_in1k", "atto", 224, 0.875, _1K, 75.902),
+    _timm("convnext_femto_ols.d1_in1k", "femto", 224, 0.875, _1K, 77.852),
+    _timm("convnext_pico_ols.d1_in1k", "pico", 224, 0.95, _1K, 79.542),
+    _timm("convnext_nano_ols.d1h_in1k", "nano", 224, 0.95, _1K, 80.906),
+    _timm("convnext_tiny_hnf.a2h_in1k", "tiny", 224, 0.95, _1K, 82.230),
+    _timm("convnext_zepto_rms.ra4_e3600_r224_in1k", "zepto", 224, 0.875, _1K, 72.820),
+    _timm("convnext_zepto_rms_ols.ra4_e3600_r224_in1k", "zepto", 224, 0.9, _1K, 73.234),
+    # DINOv3 ConvNeXt (self-supervised on LVD-1689M; no head), gated.
+    *(_dinov3(v) for v in ("tiny", "small", "base", "large")),
+)
 
 CHECKPOINTS = (
     # ImageNet-1k, trained at 224 (EMA weights) or fine-tuned at 384.
@@ -62,6 +132,7 @@ CHECKPOINTS = (
     Checkpoint("convnext-pico", "pico", None, "convnext_pico.d1_in1k", None, 224, 0.875, _1K),
     Checkpoint("convnext-nano", "nano", None, "convnext_nano.d1h_in1k", None, 224, 0.95, _1K),
     Checkpoint("convnext-nano-12k-1k", "nano", None, "convnext_nano.in12k_ft_in1k", None, 224, 0.95, _1K),
+    *_FAMILY_ROWS,
 )
 
 

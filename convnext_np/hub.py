@@ -43,8 +43,11 @@ Guarantees:
 - An unreachable hub fails within one connect timeout (:data:`TIMEOUT`, no retries) with a
   message saying how to use local weights instead.
 
-HTTP requests send ``User-Agent: convnext_np/<version>`` and, where ``$HF_TOKEN`` is set,
-``Authorization: Bearer`` (only to the endpoint's own host, never to a CDN it redirects to).
+HTTP requests send ``User-Agent: convnext_np/<version>`` and, where there is a token,
+``Authorization: Bearer`` (only to the endpoint's own host, never to a CDN it redirects to). The
+token is ``$HF_TOKEN``, else the file huggingface_hub's login writes (``$HF_TOKEN_PATH``, else
+``token`` in the HF home folder). Gated repos (DINOv3's, for one) need both a token and the
+licence accepted on the repo's page; a 401 or 403 says so.
 Progress goes to stderr: on a terminal a bar redrawn at most every 0.2 s
 (``model.safetensors 12.3/114.0 MB 45%``); elsewhere one line per file of 1 MB or more once it
 has arrived; nothing when ``HF_HUB_DISABLE_PROGRESS_BARS=1``.
@@ -135,6 +138,21 @@ def repo_id(name: str) -> str:
 def default_repo(row: checkpoints.Checkpoint) -> str:
     """Where a checkpoint alias downloads from: its ``facebook/`` repo, else ``timm/<name>``."""
     return row.hf_id or f"timm/{row.timm}"
+
+
+def hub_token() -> str | None:
+    """``$HF_TOKEN``, else the token file (``$HF_TOKEN_PATH``, else ``<HF home>/token``), as
+    huggingface_hub reads them; None when there is neither."""
+    if os.environ.get("HF_TOKEN", "").strip():
+        return os.environ["HF_TOKEN"].strip()
+    xdg = os.environ.get("XDG_CACHE_HOME") or "~/.cache"
+    home = os.environ.get("HF_HOME") or os.path.join(xdg, "huggingface")
+    path = os.environ.get("HF_TOKEN_PATH") or os.path.join(home, "token")
+    try:
+        token = Path(os.path.expandvars(path)).expanduser().read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return token or None
 
 
 def cache_root(cache_dir=None) -> Path:
@@ -319,7 +337,7 @@ def _open(url: str, *, cached):
     commit = etag = None
     for _ in range(MAX_REDIRECTS + 1):
         headers = {"User-Agent": _user_agent()}
-        token = os.environ.get("HF_TOKEN")
+        token = hub_token()
         if token and urlsplit(url).netloc == origin:
             headers["Authorization"] = f"Bearer {token}"
         try:
@@ -369,10 +387,17 @@ def _http_error(e: urllib.error.HTTPError, url: str, repo: str, revision: str,
     status = f"HTTP {e.code}" + (f" ({code})" if code else "")
     e.close()
     if e.code in (401, 403):
-        token = ("HF_TOKEN is set but was refused" if os.environ.get("HF_TOKEN")
-                 else "set HF_TOKEN to an access token that can read it")
+        token = ("HF_TOKEN is set but was refused" if os.environ.get("HF_TOKEN", "").strip()
+                 else "the token in the token file was refused" if hub_token()
+                 else "set HF_TOKEN (or log in with huggingface_hub, which writes the token file) "
+                      "to an access token that can read it")
+        row = checkpoints.find_checkpoint(repo)
+        licence = (f"{repo} is gated behind the {row.license} licence: accept it at "
+                   f"https://huggingface.co/{repo}, signed in as the account whose token you use"
+                   if row is not None and row.gated else
+                   "a gated repo also needs its licence accepted on its hub page")
         return WeightsError(f"{url}: {status}: {repo} does not exist, or it is private or "
-                            f"gated; {token}")
+                            f"gated; {token}; {licence}")
     if e.code == 404:
         return WeightsError(f"{url}: {status}: {repo} has no {filename} at revision "
                             f"{revision!r}; check the name and the revision, or pass a local "

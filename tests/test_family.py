@@ -240,3 +240,19 @@ def test_the_tag_table_covers_timm_and_its_heads():
     heads = {row["num_classes"] for row in TAGS.values()}
     assert {0, 1000, 11821, 21841, 640, 768, 1024} <= heads
     assert STRUCTURE_DEFAULTS["stem_type"] == "patch"
+
+
+def test_checkpoint_rows_agree_with_timm():
+    """Each timm row of the checkpoint table: input size, crop and head as timm's pretrained_cfg
+    (the generated tag table) has them."""
+    rows = [row for row in cnp.CHECKPOINTS if row.timm in TAGS and row.model_type != "convnextv2"]
+    assert len(rows) >= 50
+    for row in rows:
+        tag = TAGS[row.timm]
+        cfg = tag["pretrained_cfg"]
+        assert row.image_size == cfg["input_size"][-1], row.timm
+        assert row.crop_pct == (None if row.image_size >= 384 else cfg["crop_pct"]), row.timm
+        assert row.num_labels == tag["num_classes"], row.timm
+        assert family.timm_structure(tag["architecture"])[0] == row.variant, row.timm
+    dinov3 = [row for row in cnp.CHECKPOINTS if row.model_type == "dinov3_convnext"]
+    assert len(dinov3) == 4 and all(row.gated and row.num_labels == 0 for row in dinov3)

@@ -501,3 +501,21 @@ def test_progress_off_a_terminal_is_one_line_for_large_files(monkeypatch):
         large.update(done)
     large.close()
     assert log.getvalue() == "model.safetensors 114.0/114.0 MB 100%\n"
+
+
+def test_a_gated_dinov3_repo_says_to_accept_the_licence_and_reads_the_token_file(fake, monkeypatch, tmp_path):
+    repo = "facebook/dinov3-convnext-tiny-pretrain-lvd1689m"
+    fake.add(repo, SAFETENSORS)
+    fake.faults["config.json"] = 403
+    with pytest.raises(cnp.WeightsError, match=r"HTTP 403: .*set HF_TOKEN.*gated behind the dinov3-license "
+                                               r"licence: accept it at https://huggingface.co/" + repo):
+        hub.resolve("dinov3-convnext-tiny")
+    (tmp_path / "token").write_text("hf_from_file\n")
+    monkeypatch.setenv("HF_TOKEN_PATH", str(tmp_path / "token"))
+    with pytest.raises(cnp.WeightsError, match="the token in the token file was refused"):
+        hub.resolve(repo)
+    del fake.faults["config.json"]
+    fake.requests.clear()
+    hub.resolve(repo)
+    assert ("facebook", "Bearer hf_from_file") in {(p.split("/")[1], h.get("Authorization"))
+                                                   for p, h in fake.requests}
