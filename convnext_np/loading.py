@@ -22,7 +22,7 @@ from .config import STRUCTURE_DEFAULTS, VARIANTS, ConvNextConfig, read_json_obje
 from .errors import WeightsError
 from .labels import imagenet_labels
 from .model import ConvNeXt
-from .preprocess import ImageProcessor
+from .preprocess import DINOV3_PREPROCESSING, ImageProcessor
 from .safetensors_file import SafetensorsFile
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json",
@@ -162,7 +162,11 @@ def load_local(path: Path, *, backend: str = "auto", num_threads: int | None = N
     out_features = backbone.resolve_out_features(out_features, out_indices)
     if out_features and config.model_type != "dinov3_convnext":
         params["backbone_norms"] = backbone.norm_params(out_features, backbone_norms, config.hidden_sizes)
-    return ConvNeXt(config, params, backend=backend, preprocessor=ImageProcessor.from_pretrained(path),
+    directory = path if path.is_dir() else path.parent
+    has_own = (directory / "preprocessor_config.json").is_file() or (config_json or {}).get("pretrained_cfg")
+    preprocessor = ImageProcessor.from_pretrained(path, **(
+        DINOV3_PREPROCESSING if config.model_type == "dinov3_convnext" and not has_own else {}))
+    return ConvNeXt(config, params, backend=backend, preprocessor=preprocessor,
                     source=str(path), num_threads=num_threads, out_features=out_features)
 
 

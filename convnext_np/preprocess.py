@@ -34,6 +34,10 @@ RESAMPLE = {"nearest": Image.Resampling.NEAREST, "lanczos": Image.Resampling.LAN
             "bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC,
             "box": Image.Resampling.BOX, "hamming": Image.Resampling.HAMMING}
 CROP_MODES = ("hf", "center", "squash")
+# DINOv3's evaluation transform (transformers' DINOv3 converter): a 224x224 bilinear warp, ImageNet
+# mean and std. transformers' fast processor resizes tensors with antialias, not with PIL, so its
+# pixels differ from these by a few uint8 steps at most.
+DINOV3_PREPROCESSING = {"size": 224, "crop_pct": None, "resample": "bilinear", "crop_mode": "hf"}
 # Images with more pixels than this are refused before they are decoded (decompression bombs).
 # PIL's own warning threshold; raise it for legitimately huge scans.
 MAX_IMAGE_PIXELS = 89_478_485
@@ -178,8 +182,14 @@ class ImageProcessor:
         return cls(**{**kwargs, **overrides})
 
     @classmethod
-    def from_timm_cfg(cls, cfg: dict, **overrides) -> "ImageProcessor":
-        """From timm's ``pretrained_cfg`` (the ``config.json`` of a timm hub repo)."""
+    def from_timm_cfg(cls, cfg: dict, test_time: bool = False, **overrides) -> "ImageProcessor":
+        """From timm's ``pretrained_cfg`` (the ``config.json`` of a timm hub repo). With
+        ``test_time``, its ``test_input_size`` and ``test_crop_pct`` where it has them: the
+        larger evaluation size many timm checkpoints score best at (``results-imagenet.csv``
+        lists both)."""
+        if test_time:
+            cfg = {**cfg, **{key: cfg[f"test_{key}"] for key in ("input_size", "crop_pct")
+                             if cfg.get(f"test_{key}") is not None}}
         input_size = cfg.get("input_size", (3, 224, 224))
         crop_mode = cfg.get("crop_mode", "center")
         if crop_mode not in ("center", "squash"):
@@ -191,11 +201,12 @@ class ImageProcessor:
         return cls(**{**kwargs, **overrides})
 
     @classmethod
-    def from_pretrained(cls, source, **overrides) -> "ImageProcessor":
+    def from_pretrained(cls, source, test_time: bool = False, **overrides) -> "ImageProcessor":
         """From a directory's ``preprocessor_config.json`` or timm ``config.json``.
 
         A directory with neither, or a bare weights file, gets the defaults (the ImageNet
         evaluation settings of every ConvNeXt trained at 224), with ``overrides`` applied.
+        ``test_time`` picks a timm config's test-time size (see :meth:`from_timm_cfg`).
         """
         path = Path(os.fspath(source))
         directory = path if path.is_dir() else path.parent
@@ -206,7 +217,7 @@ class ImageProcessor:
             if (directory / "config.json").is_file() and path.is_dir():
                 d = json.loads((directory / "config.json").read_text(encoding="utf-8"))
                 if "pretrained_cfg" in d:
-                    return cls.from_timm_cfg(d["pretrained_cfg"], **overrides)
+                    return cls.from_timm_cfg(d["pretrained_cfg"], test_time, **overrides)
         except (OSError, ValueError, TypeError, AttributeError) as e:
             if isinstance(e, WeightsError):
                 raise

@@ -256,3 +256,29 @@ def test_checkpoint_rows_agree_with_timm():
         assert family.timm_structure(tag["architecture"])[0] == row.variant, row.timm
     dinov3 = [row for row in cnp.CHECKPOINTS if row.model_type == "dinov3_convnext"]
     assert len(dinov3) == 4 and all(row.gated and row.num_labels == 0 for row in dinov3)
+
+
+def test_dinov3_preprocessing(tmp_path):
+    """The facebook/ repos' processor config (transformers' DINOv3 converter writes a 224x224
+    bilinear resize, no crop) reads as a 224 warp; a DINOv3 file without one gets the same."""
+    (tmp_path / "preprocessor_config.json").write_text(json.dumps({
+        "image_processor_type": "DINOv3ViTImageProcessorFast", "do_resize": True, "resample": 2,
+        "size": {"height": 224, "width": 224}, "image_mean": [0.485, 0.456, 0.406],
+        "image_std": [0.229, 0.224, 0.225], "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True}))
+    proc = cnp.ImageProcessor.from_pretrained(tmp_path)
+    assert (proc.size, proc.crop_pct, proc.resample) == (224, None, "bilinear")
+    bare = cnp.from_pretrained(FAMILY / "fb-dinov3" / "checkpoint.pth").preprocessor
+    assert (bare.size, bare.crop_pct, bare.resample) == (224, None, "bilinear")
+    image = np.zeros((100, 300, 3), np.uint8)
+    assert bare(image).shape == (1, 3, 224, 224)
+
+
+def test_timm_test_time_size():
+    cfg = TAGS["convnext_tiny.in12k_ft_in1k"]["pretrained_cfg"]
+    train = cnp.ImageProcessor.from_timm_cfg(cfg)
+    test = cnp.ImageProcessor.from_timm_cfg(cfg, test_time=True)
+    assert (train.size, train.crop_pct) == (224, 0.95)
+    assert (test.size, test.crop_pct) == (288, 1.0)
+    clip = cnp.ImageProcessor.from_timm_cfg(TAGS["convnext_base.clip_laion2b_augreg_ft_in12k_in1k_384"]["pretrained_cfg"])
+    assert (clip.size, clip.crop_mode) == (384, "squash")
+    assert clip.image_mean == (0.48145466, 0.4578275, 0.40821073)
