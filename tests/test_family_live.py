@@ -8,7 +8,7 @@ import pytest
 from numpy.testing import assert_allclose
 
 import convnext_np as cnp
-from conftest import MAX_DIFFS
+from conftest import MAX_DIFFS, ROOT
 from convnext_np.testing import HIDDEN_RTOL, POOLED_ATOL, random_pixels, realistic_state_dict
 
 torch = pytest.importorskip("torch")
@@ -91,3 +91,27 @@ def test_dinov3_convnext_backbone(tmp_path):
     assert out.pooled is None and out.sequence is None
     for g, w in zip(out.feature_maps, theirs(torch.from_numpy(x)).feature_maps, strict=True):
         close(g, w, "live DINOv3ConvNextBackbone feature_maps")
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("case, cls", [("hf-dinov3", "DINOv3ConvNextModel"),
+                                       ("fb-dinov3/checkpoint.pth", "DINOv3ConvNextModel"),
+                                       ("hf-backbone", "ConvNextBackbone")])
+def test_convert_writes_the_transformers_class(case, cls, tmp_path):
+    """save_pretrained (``convnext-np convert``) writes what the matching transformers class loads."""
+    ours = cnp.from_pretrained(ROOT / "weights" / "family" / case)
+    ours.save_pretrained(tmp_path)
+    theirs = getattr(transformers, cls).from_pretrained(tmp_path).eval()
+    x = random_pixels((1, 3, 64, 96), 7)
+    ref, out = theirs(torch.from_numpy(x)), ours(x)
+    if cls == "ConvNextBackbone":
+        for g, w in zip(out.feature_maps, ref.feature_maps, strict=True):
+            close(g, w, "live convert ConvNextBackbone")
+    else:
+        close(out.sequence, ref.last_hidden_state, "live convert DINOv3ConvNextModel")
+
+
+def test_timm_only_structures_are_not_converted(tmp_path):
+    ours = cnp.from_pretrained(ROOT / "weights" / "family" / "timm-ols-tiered")
+    with pytest.raises(cnp.WeightsError, match="stem_type='overlap_tiered' has no transformers equivalent"):
+        ours.save_pretrained(tmp_path)
