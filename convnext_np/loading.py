@@ -218,10 +218,10 @@ def save_pretrained(model: ConvNeXt, directory) -> None:
         raise WeightsError(f"{model.source}: cannot write this model in transformers' layout: {problem}")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    tensors = weights.to_hf_tensors(model.params, model.config)
-    config = model.config
-    if config.model_type == "dinov3_convnext" or not config.final_norm:
-        tensors, config = weights.to_transformers_family(tensors, model)
+    if model.config.model_type == "dinov3_convnext" or not model.config.final_norm:
+        tensors, config = weights.to_transformers_family(model)
+    else:
+        tensors, config = weights.to_hf_tensors(model.params, model.config), model.config
 
     def write(name, writer):
         fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{name}.", suffix=".tmp")

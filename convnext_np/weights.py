@@ -414,13 +414,16 @@ DINOV3_EXPORT = [
 ]
 
 
-def to_transformers_family(tensors: dict, model) -> tuple:
+def to_transformers_family(model) -> tuple:
     """(tensors, config) of a DINOv3 ConvNeXt or a Backbone in the layout of its transformers class:
-    ``DINOv3ConvNextModel`` / ``DINOv3ConvNextBackbone`` names, or ``ConvNextBackbone``'s (no
-    ``convnext.`` prefix, plus ``hidden_states_norms.<stage>``), with ``out_features`` in the config."""
+    ``DINOv3ConvNextModel`` / ``DINOv3ConvNextBackbone`` names, or ``ConvNextBackbone``'s (and
+    ``ConvNextV2Backbone``'s: no base-model prefix, plus ``hidden_states_norms.<stage>``), with
+    ``out_features`` in the config. Torch layout, contiguous float32."""
     import dataclasses
 
     config = model.config
+    tensors = {name: ours_to_torch(name, _node(model.params, path)[path[-1]], shape)
+               for path, name, shape in param_table(config)}
     if config.model_type == "dinov3_convnext":
         out = {}
         for name, value in tensors.items():
@@ -434,7 +437,7 @@ def to_transformers_family(tensors: dict, model) -> tuple:
         for stage, norm in (model.params.get("backbone_norms") or {}).items():
             out[f"hidden_states_norms.{stage}.weight"] = np.ascontiguousarray(norm["w"], np.float32)
             out[f"hidden_states_norms.{stage}.bias"] = np.ascontiguousarray(norm["b"], np.float32)
-        architecture = "ConvNextBackbone"
+        architecture = {"convnextv2": "ConvNextV2Backbone"}.get(config.model_type, "ConvNextBackbone")
     extra = dict(config.extra, architectures=[architecture])
     if not config.final_norm and model.out_features:
         extra["out_features"] = list(model.out_features)

@@ -283,3 +283,18 @@ def test_timm_test_time_size():
     clip = cnp.ImageProcessor.from_timm_cfg(TAGS["convnext_base.clip_laion2b_augreg_ft_in12k_in1k_384"]["pretrained_cfg"])
     assert (clip.size, clip.crop_mode) == (384, "squash")
     assert clip.image_mean == (0.48145466, 0.4578275, 0.40821073)
+
+
+@pytest.mark.parametrize("case", ["timm-ols-act-simplenorm", "timm-mlp-head", "hf-dinov3", "hf-backbone"])
+def test_golden_bundles_for_the_family(case, tmp_path):
+    """A golden bundle of each member checks out against a re-run, in float32 and float64."""
+    from convnext_np import golden
+
+    photo = str(ROOT / "tests" / "data" / "images" / "chelsea.png")
+    model = cnp.from_pretrained(FAMILY / case, backend="numpy")
+    for float64 in (False, True):
+        out_dir = tmp_path / str(float64)
+        manifest = golden.write_bundle([photo], model, out_dir, float64=float64)
+        assert ("pooled" in manifest["tensors"]) == model.config.final_norm
+        report = golden.check_bundle(out_dir, model)
+        assert report.ok, str(report)
