@@ -70,6 +70,7 @@ def read_json_object(path) -> dict:
 
 # model_type -> the transformers class of a model (without, with) a classification head.
 ARCHITECTURES = {"convnext": ("ConvNextForImageClassification", "ConvNextForImageClassification"),
+                 "convnextv2": ("ConvNextV2Model", "ConvNextV2ForImageClassification"),
                  "dinov3_convnext": ("DINOv3ConvNextModel", "DINOv3ConvNextModel")}
 
 
