@@ -95,7 +95,7 @@ def _config_from_tensors(arch: dict, scheme: str, labels=None) -> ConvNextConfig
     head_eps = ConvNextConfig.layer_norm_eps if scheme == "hf" else eps
     return ConvNextConfig(depths=arch["depths"], hidden_sizes=arch["hidden_sizes"], norm_eps=eps,
                           layer_norm_eps=head_eps, id2label=dict(enumerate(labels)),
-                          **arch.get("structure", {}))
+                          model_type=arch.get("model_type", "convnext"), **arch["structure"])
 
 
 def load_local(path: Path, *, backend: str = "auto", num_threads: int | None = None,
@@ -111,8 +111,9 @@ def load_local(path: Path, *, backend: str = "auto", num_threads: int | None = N
     arch = weights.infer_architecture(hf, where)
     backbone_norms = weights.pop_backbone_norms(hf, arch["hidden_sizes"], where)
     arch["structure"] = weights.infer_structure(hf, scheme)
-    if scheme == "fb" and "norms.3.weight" in state_dict:  # the original DINOv3 ConvNeXt file
-        arch["structure"]["model_type"] = "dinov3_convnext"
+    # DINOv3 ConvNeXt: transformers' naming, or the original file (facebookresearch names + norms.3)
+    if scheme == "dinov3" or (scheme == "fb" and "norms.3.weight" in state_dict):
+        arch["model_type"] = "dinov3_convnext"
 
     if config_json is not None and "architecture" in config_json:  # timm layout
         if not str(config_json["architecture"]).startswith("convnext"):
@@ -131,7 +132,7 @@ def load_local(path: Path, *, backend: str = "auto", num_threads: int | None = N
         _check_timm_structure(str(config_json["architecture"]), arch, path / "config.json", where)
         tag = str((config_json.get("pretrained_cfg") or {}).get("tag", ""))
         if tag.startswith("dinov3"):  # timm's convnext_*.dinov3_lvd1689m: DINOv3 ConvNeXt weights
-            arch["structure"]["model_type"] = "dinov3_convnext"
+            arch["model_type"] = "dinov3_convnext"
         config = _config_from_tensors(arch, scheme, config_json.get("label_names"))
     elif config_json is not None and config_json.get("model_type") == "dinov3_convnext":
         config = ConvNextConfig.from_dict(config_json, where=path / "config.json")
@@ -178,8 +179,8 @@ def _is_backbone(config_json: dict) -> bool:
 
 def _check_against_config(config: ConvNextConfig, arch: dict, config_path, where: str) -> None:
     """The tensors must be what ``config.json`` describes (sizes, head, structure)."""
-    found = {**arch, **arch["structure"]}
-    for field in ("depths", "hidden_sizes", "num_labels", *arch["structure"]):
+    found = {"model_type": "convnext", **arch, **arch["structure"]}
+    for field in ("model_type", "depths", "hidden_sizes", "num_labels", *arch["structure"]):
         if getattr(config, field) != found[field]:
             raise WeightsError(f"{config_path}: {field} is {getattr(config, field)!r}, "
                                f"but the tensors in {where} have {found[field]!r}")

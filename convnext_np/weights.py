@@ -243,8 +243,8 @@ def infer_architecture(hf: dict, where: str) -> dict:
 
 
 def infer_structure(hf: dict, scheme: str) -> dict:
-    """The config fields of timm's structural variants and of DINOv3, read off HF-named tensors
-    (see :class:`ConvNextConfig`); empty for the paper's ConvNeXt."""
+    """The config fields of timm's structural variants and of Backbones (no final norm), read off
+    HF-named tensors (see :class:`ConvNextConfig`); empty for the paper's ConvNeXt."""
     s = {}
     if "convnext.embeddings.stem_conv1.weight" in hf:
         c0, mid = hf["convnext.embeddings.patch_embeddings.weight"].shape[:2]
@@ -258,8 +258,6 @@ def infer_structure(hf: dict, scheme: str) -> dict:
         s["head_hidden_size"] = int(hf["head.pre_logits.fc.weight"].shape[0])
     if not any(k in hf for k in ("convnext.layernorm.weight", "norm_pre.weight")):
         s["final_norm"] = False
-    if scheme == "dinov3":
-        s["model_type"] = "dinov3_convnext"
     return s
 
 
