@@ -46,7 +46,8 @@ def timm_structure(architecture: str) -> tuple[str, dict] | None:
 
 def describe(config) -> str:
     """One line naming what sets ``config`` apart from the paper's ConvNeXt; empty if nothing."""
-    parts = [] if config.model_type == "convnext" else [f"model_type {config.model_type}"]
+    # ConvNeXt V1 and V2 are named by ``info``'s first line already.
+    parts = [] if config.model_type in ("convnext", "convnextv2") else [f"model_type {config.model_type}"]
     parts += [f"{k} {getattr(config, k)}" for k, default in STRUCTURE_DEFAULTS.items()
               if getattr(config, k) != default]
     return ", ".join(parts)
