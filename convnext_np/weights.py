@@ -256,8 +256,8 @@ def infer_structure(hf: dict, scheme: str) -> dict:
         s["head_norm_first"] = True
     if "head.pre_logits.fc.weight" in hf:
         s["head_hidden_size"] = int(hf["head.pre_logits.fc.weight"].shape[0])
-    if not any(k in hf for k in ("convnext.layernorm.weight", "norm_pre.weight")):
-        s["final_norm"] = False
+    if not any(k.startswith(("convnext.layernorm.", "norm_pre.", "classifier.", "head.")) for k in hf):
+        s["final_norm"] = False  # a Backbone: neither a final norm nor a head (any part of one)
     return s
 
 
