@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -223,6 +223,33 @@ class ImageProcessor:
                 "crop_pct": self.crop_pct, "resample": int(RESAMPLE[self.resample]),
                 "image_mean": list(self.image_mean), "image_std": list(self.image_std),
                 **{k: d[k] for k in ("do_resize", "do_rescale", "rescale_factor", "do_normalize")}}
+
+
+# Evaluation preprocessing by name (``convnext-np evaluate --profile``): the checkpoint's own
+# size, mean and std, resized and cropped as each reference evaluates. "tfhub" is the Keras
+# port's ImageNet evaluation (sayakpaul/keras-convnext-conversion, in1k-eval): resize both sides
+# to 256 (bicubic), then tf.image.central_crop(0.875), i.e. the centre 224; it is timm's squash
+# at crop_pct 224/256, with PIL's antialiased bicubic where TensorFlow's resize has none.
+PROFILES = {
+    "model": "the checkpoint's own preprocessing (preprocessor_config.json or timm's cfg)",
+    "hf": "transformers' ConvNextImageProcessor: shortest edge to int(size/crop_pct), centre crop",
+    "center": "timm's eval transform: shortest edge to floor(size/crop_pct), centre crop",
+    "timm": "the same as center (timm's default crop_mode)",
+    "squash": "timm's squash: both sides to floor(size/crop_pct), centre crop",
+    "tfhub": "the Keras/TF-Hub port's evaluation: both sides to 256, centre crop 224 "
+             "(timm's squash at crop_pct 224/256)",
+}
+
+
+def profile_processor(name: str, base: ImageProcessor) -> ImageProcessor:
+    """``base`` (a checkpoint's processor) resized and cropped as profile ``name`` says."""
+    if name not in PROFILES:
+        raise ValueError(f"unknown preprocessing profile {name!r}; choose one of {', '.join(PROFILES)}")
+    if name == "model":
+        return base
+    if name == "tfhub":
+        return replace(base, crop_mode="squash", crop_pct=224 / 256)
+    return replace(base, crop_mode={"timm": "center"}.get(name, name))
 
 
 def _describe(image) -> str:
