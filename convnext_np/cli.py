@@ -272,6 +272,11 @@ def cmd_fit_head(args) -> int:
     print(f"accuracy: training {r.train_accuracy:.2%}, validation {val}")
     fitted.save_pretrained(args.out)
     print(f"wrote {', '.join(str(Path(args.out) / n) for n in sorted(os.listdir(args.out)))}")
+    if not (Path(args.out) / "preprocessor_config.json").is_file():
+        print(f"convnext-np: note: transformers has no equivalent of the {args.profile!r} "
+              "preprocessing, so no preprocessor_config.json was written; preprocess as the "
+              "features were (ImageProcessor(crop_mode='squash', ...)) when you use the model",
+              file=sys.stderr)
     return EXIT_INPUT_FAILED if r.unreadable else EXIT_OK
 
 
@@ -399,8 +404,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: 1/n, scikit-learn's C=1)")
     p.add_argument("--seed", type=int, default=0, help="seed of the validation split (default: 0)")
     p.add_argument("--cache", default=None,
-                   help="feature cache folder (default: $XDG_CACHE_HOME or ~/.cache, "
-                        "/convnext_np/features)")
+                   help="feature cache folder (default: convnext_np/features in "
+                        "$XDG_CACHE_HOME, else in ~/.cache)")
     p.add_argument("--no-cache", action="store_true", help="keep features in memory only")
     batch_options(p)
 
