@@ -20,7 +20,7 @@ from convnext_np.evaluate import label_indices, read_dataset
 from convnext_np.head import (FeatureCache, fit_softmax_regression, model_fingerprint,
                               pooled_features, softmax_regression_loss, stratified_split)
 from convnext_np.labels import imagenet_labels, imagenet_synsets
-from convnext_np.preprocess import profile_processor
+from convnext_np.preprocess import profile_processor, tf_resize_bicubic
 
 MODEL = FIXTURES / "hf-safetensors"  # depths (2, 1, 3, 1), widths up to 44, 10 classes
 PHOTOS = sorted((Path(__file__).parent / "data" / "images").iterdir())
@@ -111,15 +111,51 @@ def test_profiles_resize_as_their_reference_says(model):
     base = model.preprocessor
     assert profile_processor("model", base) is base
     assert profile_processor("timm", base) == profile_processor("center", base)
-    tfhub = profile_processor("tfhub", base)
-    # The Keras port's evaluation: both sides to 256 (bicubic), then the centre 224.
+    mean, std = np.float32(base.image_mean), np.float32(base.image_std)
     with Image.open(PHOTOS[1]) as image:
-        squashed = np.asarray(image.convert("RGB").resize((256, 256), Image.Resampling.BICUBIC))
-    expected = (squashed[16:240, 16:240].astype(np.float32) / 255 - np.float32(base.image_mean)) \
-        / np.float32(base.image_std)
-    np.testing.assert_allclose(tfhub.preprocess(PHOTOS[1]), expected.transpose(2, 0, 1), atol=1e-6)
+        rgb = image.convert("RGB")
+    # timm's squash at crop_pct 0.875: both sides to 256 (PIL bicubic), then the centre 224.
+    squashed = np.asarray(rgb.resize((256, 256), Image.Resampling.BICUBIC))[16:240, 16:240]
+    np.testing.assert_allclose(profile_processor("squash", base).preprocess(PHOTOS[1]),
+                               ((squashed / np.float32(255) - mean) / std).transpose(2, 0, 1), atol=1e-6)
+    # The Keras port's: TensorFlow's bicubic to 256, unrounded, then tf.image.central_crop(0.875).
+    tfhub = profile_processor("tfhub", base)
+    resized = tf_resize_bicubic(np.asarray(rgb), 256, 256)[16:240, 16:240]
+    np.testing.assert_allclose(tfhub.preprocess(PHOTOS[1]),
+                               ((resized / np.float32(255) - mean) / std).transpose(2, 0, 1), atol=1e-6)
+    with pytest.raises(ValueError, match="no transformers equivalent"):
+        tfhub.to_hf_dict()
     with pytest.raises(ValueError, match="unknown preprocessing profile"):
         profile_processor("keras", base)
+
+
+def test_tensorflow_bicubic_by_hand():
+    """Keys' cubic with a = -0.5 interpolates exactly: the same grid gives the image back, and
+    a linear ramp stays linear between the borders (the weights sum to 1 and have their centre
+    of mass at the sample point)."""
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 255, (5, 7, 3)).astype(np.float32)
+    np.testing.assert_array_equal(tf_resize_bicubic(x, 5, 7), x)
+    ramp = np.broadcast_to(np.arange(40, dtype=np.float32)[None, :, None], (3, 40, 3))
+    up = tf_resize_bicubic(ramp, 3, 80)[0, 4:-4, 0]
+    np.testing.assert_allclose(up, (np.arange(4, 76) + 0.5) / 2 - 0.5, atol=1e-5)  # half-pixel centres
+    down = tf_resize_bicubic(ramp, 3, 16)[0, 2:-2, 0]  # 2.5x smaller, still four taps: no antialias
+    np.testing.assert_allclose(down, (np.arange(2, 14) + 0.5) * 2.5 - 0.5, atol=1e-4)
+    np.testing.assert_allclose(tf_resize_bicubic(np.full((9, 11, 3), 7, np.float32), 4, 17), 7, atol=1e-5)
+    # Overshoot at an edge is kept, neither clipped nor rounded.
+    step = np.zeros((4, 8, 1), np.float32)
+    step[:, 4:] = 255
+    assert tf_resize_bicubic(step, 4, 20).max() > 255
+
+
+def test_tensorflow_bicubic_equals_tensorflow():
+    """Against tf.image.resize itself, when TensorFlow is installed (it is no dependency)."""
+    tf = pytest.importorskip("tensorflow")
+    rng = np.random.default_rng(1)
+    for shape, size in [((375, 500, 3), (256, 256)), ((31, 17, 3), (64, 40)), ((64, 64, 3), (7, 9))]:
+        x = rng.integers(0, 256, shape, dtype=np.uint8)
+        theirs = tf.image.resize(x, size, method="bicubic").numpy()
+        np.testing.assert_allclose(tf_resize_bicubic(x, *size), theirs, rtol=0, atol=1e-3)
 
 
 def test_evaluate_command(labelled):
@@ -128,7 +164,7 @@ def test_evaluate_command(labelled):
                      "--top-k", "1", "3", "--profile", "tfhub"])
     assert code == 1  # an unreadable image: reported, and the exit status says so
     assert "top-1           33.33%  (1/3)" in out and "top-3           66.67%  (2/3)" in out
-    assert "preprocessing: tfhub: squash at 224" in out and "broken.jpg" in out
+    assert "preprocessing: tfhub: tf at 224" in out and "broken.jpg" in out
     code, out = run(["evaluate", str(root), "--model", str(MODEL), "--backend", "numpy", "--format", "json"])
     report = json.loads(out)
     assert code == 1 and report["n"] == 3 and report["topk"]["1"] == pytest.approx(1 / 3)
@@ -329,3 +365,14 @@ def test_fit_head_refuses_what_it_cannot_fit(model):
         cnp.fit_head(model, noise_images(3), ["a", "a", "a"])
     with pytest.raises(ValueError, match="3 images but 2 labels"):
         cnp.fit_head(model, noise_images(3), ["a", "b"])
+
+
+def test_commands_have_help_with_examples():
+    for command in ("evaluate", "fit-head"):
+        code = None
+        out = io.StringIO()
+        with redirect_stdout(out), pytest.raises(SystemExit) as exit_:
+            main([command, "--help"])
+        code = exit_.value.code
+        assert code == 0 and f"usage: convnext-np {command}" in out.getvalue()
+        assert "examples:" in out.getvalue() and "tfhub" in out.getvalue()

@@ -70,7 +70,7 @@ def test_fit_head_digits(tmp_path):
     validation = float(re.search(r"validation accuracy ([\d.]+)%", out).group(1))
     test = float(re.search(r"test images: top-1 ([\d.]+)%", out).group(1))
     assert validation > 50 and test > 50, out  # chance is 10%
-    assert "fit_head: 10 classes, 384 training and 96 validation images" in out
+    assert "fit_head: 10 classes, 380 training and 96 validation images" in out  # 476 of 600
     loaded = cnp.from_pretrained(tmp_path / "digits-classifier")
     assert [loaded.config.id2label[i] for i in range(10)] == [str(d) for d in range(10)]
 
