@@ -139,7 +139,7 @@ class ImageClassifier(Transformer, HasInputCol, HasOutputCol,
                       TypeConverters.toListFloat)
     imageStd = Param(Params._dummy(), "imageStd", "preprocessing override: per-channel std",
                      TypeConverters.toListFloat)
-    cropMode = Param(Params._dummy(), "cropMode", "preprocessing override: hf, center or squash",
+    cropMode = Param(Params._dummy(), "cropMode", "preprocessing override: hf, center, squash or tf",
                      TypeConverters.toString)
     doResize = Param(Params._dummy(), "doResize", "preprocessing override", TypeConverters.toBoolean)
     doRescale = Param(Params._dummy(), "doRescale", "preprocessing override", TypeConverters.toBoolean)
