@@ -51,7 +51,7 @@ def read_dataset(dataset) -> list:
 def _read_csv(path: Path) -> list:
     pairs = []
     try:
-        with open(path, newline="", encoding="utf-8") as f:
+        with open(path, newline="", encoding="utf-8-sig") as f:  # a BOM is not part of "path"
             for line, row in enumerate(csv.reader(f), 1):
                 if not row or not "".join(row).strip():
                     continue

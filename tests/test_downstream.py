@@ -155,7 +155,7 @@ def test_tensorflow_bicubic_equals_tensorflow():
     for shape, size in [((375, 500, 3), (256, 256)), ((31, 17, 3), (64, 40)), ((64, 64, 3), (7, 9))]:
         x = rng.integers(0, 256, shape, dtype=np.uint8)
         theirs = tf.image.resize(x, size, method="bicubic").numpy()
-        np.testing.assert_allclose(tf_resize_bicubic(x, *size), theirs, rtol=0, atol=1e-3)
+        np.testing.assert_allclose(tf_resize_bicubic(x, *size), theirs, rtol=0, atol=1e-4)  # measured: 0
 
 
 def test_evaluate_command(labelled):
