@@ -275,8 +275,8 @@ def cmd_fit_head(args) -> int:
     if not (Path(args.out) / "preprocessor_config.json").is_file():
         print(f"convnext-np: note: transformers has no equivalent of the {args.profile!r} "
               "preprocessing, so no preprocessor_config.json was written; preprocess as the "
-              "features were (ImageProcessor(crop_mode='squash', ...)) when you use the model",
-              file=sys.stderr)
+              f"features were (ImageProcessor(crop_mode={fitted.preprocessor.crop_mode!r}, ...)) "
+              "when you use the model", file=sys.stderr)
     return EXIT_INPUT_FAILED if r.unreadable else EXIT_OK
 
 

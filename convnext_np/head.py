@@ -153,24 +153,26 @@ def pooled_features(model: ConvNeXt, images, *, batch_size: int = 8, cache: Feat
         computed += len(pending)
         pending.clear()
 
-    for i, image in enumerate(images):
-        key = image_key(image) if cache is not None else None
-        hit = cache.get(key) if cache is not None else None
-        if hit is not None:
-            rows[i] = hit
-        else:
-            try:
-                pending.append((i, key, model.preprocessor.preprocess(image)))
-            except ImageError as e:
-                unreadable.append((image, str(e)))
-            if len(pending) == batch_size:
-                flush()
-        if progress is not None:
-            progress()
-    if pending:
-        flush()
-    if cache is not None:
-        cache.flush()
+    try:
+        for i, image in enumerate(images):
+            key = image_key(image) if cache is not None else None
+            hit = cache.get(key) if cache is not None else None
+            if hit is not None:
+                rows[i] = hit
+            else:
+                try:
+                    pending.append((i, key, model.preprocessor.preprocess(image)))
+                except ImageError as e:
+                    unreadable.append((image, str(e)))
+                if len(pending) == batch_size:
+                    flush()
+            if progress is not None:
+                progress()
+        if pending:
+            flush()
+    finally:  # interrupted or not, what was computed is kept for the next run
+        if cache is not None:
+            cache.flush()
     kept = sorted(rows)
     width = model.config.hidden_sizes[-1]
     features = np.stack([rows[i] for i in kept]) if kept else np.zeros((0, width), np.float32)

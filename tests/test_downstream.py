@@ -320,7 +320,7 @@ def test_transformers_reads_the_saved_head_and_agrees(model, photo_dataset, tmp_
 def test_the_feature_cache_resumes_and_notices_changed_files(model, photo_dataset, tmp_path):
     paths = sorted(str(p) for p in photo_dataset.rglob("*.*"))
     fingerprint = model_fingerprint(model, model.preprocessor)
-    cache = FeatureCache(tmp_path / "cache", fingerprint, part_size=2)
+    cache = FeatureCache(tmp_path / "cache", fingerprint, part_size=100)  # no part is full
     seen = []
 
     def interrupt():
@@ -331,7 +331,7 @@ def test_the_feature_cache_resumes_and_notices_changed_files(model, photo_datase
     with pytest.raises(KeyboardInterrupt):
         pooled_features(model, paths, batch_size=2, cache=cache, progress=interrupt)
     resumed = FeatureCache(tmp_path / "cache", fingerprint, part_size=2)
-    assert len(resumed.rows) == 4  # two whole parts were written before the interrupt
+    assert len(resumed.rows) == 4  # the two batches computed before it, written on the way out
     features, kept, unreadable, computed = pooled_features(model, paths, batch_size=2, cache=resumed)
     assert computed == len(paths) - 4 and kept == list(range(len(paths))) and not unreadable
     fresh, *_ = pooled_features(model, paths, batch_size=2)
