@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import logging
 import os
 import sys
 import time
@@ -285,7 +286,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# The library's log (the Numba compile notice, say) goes to stderr as the command's own messages.
+_LOG_HANDLER = logging.StreamHandler()
+_LOG_HANDLER.setFormatter(logging.Formatter("convnext-np: %(message)s"))
+
+
 def main(argv=None) -> int:
+    _LOG_HANDLER.setStream(sys.stderr)
+    if _LOG_HANDLER not in logging.getLogger("convnext_np").handlers:
+        logging.getLogger("convnext_np").addHandler(_LOG_HANDLER)
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
