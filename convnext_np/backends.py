@@ -59,7 +59,7 @@ def serving(name: str, by_name: bool) -> str:
     if warmup.ready():
         return name
     if by_name:
-        warmup.announce_foreground()
+        warmup.compile_here()
         return name
     warmup.start_background()
     return "numpy"

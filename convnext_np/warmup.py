@@ -1,24 +1,25 @@
 """Compiling the Numba kernels once per machine, without making a call wait for it unannounced.
 
-The numba backend's kernels (:mod:`convnext_np.kernels`) are compiled by Numba on first use and
-kept in Numba's on-disk cache (``cache=True``): in ``__pycache__`` beside ``kernels.py``, or, where
-the package directory is not writable (site-packages owned by another user), in the user-wide
-cache directory that Numba picks; ``NUMBA_CACHE_DIR`` overrides both. A cold compile takes tens
-of seconds (docs/performance.md), so:
+The numba backend's kernels (:mod:`convnext_np.kernels`) are compiled by Numba and kept in its
+on-disk cache (``cache=True``): in ``__pycache__`` beside ``kernels.py``, or, where the package
+directory is not writable (site-packages owned by another user), in the user-wide cache
+directory that Numba picks; ``NUMBA_CACHE_DIR`` overrides both. A cold compile takes tens of
+seconds (docs/performance.md), so:
 
 - a model loaded with ``backend="auto"`` serves its calls with the NumPy backend while a detached
   process (``python -m convnext_np.warmup``) compiles every kernel into the cache; the first call
   after that process is done runs on Numba. The process outlives the one that started it (a
-  command-line run of one image still leaves the machine warm), and a file lock in the cache
-  directory lets only one run per machine at a time (Spark executors, parallel workers).
-- ``backend="numba"`` asked for by name compiles in the calling process, on first use, as Numba
-  does, after saying so.
+  command-line run of one image still leaves the machine warm).
+- a model whose backend is ``"numba"`` by name compiles every kernel in its first call.
 
 Either way the user is told, once per process, through the ``convnext_np`` logger (WARNING, so
 that Python's default handler prints it on stderr), with an estimate of how long it takes.
 
-The cache counts as warm when the marker that a finished warm-up writes sits in the directory of
-Numba's cache files for ``kernels.py``, made for the same ``kernels.py``, Numba and CPU.
+Every compile on a machine runs under one file lock in the cache directory, so Spark executors
+and parallel workers compile once, and no two processes rewrite Numba's cache index at once
+(each rewrites the whole index, so concurrent writers can drop each other's entries). The cache
+counts as warm when the marker that a finished compile writes there matches this ``kernels.py``,
+Numba, Python and CPU.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ LOCK = "convnext_np-warmup.lock"
 # the cold compiles measured so far (docs/performance.md).
 FIRST_ESTIMATE = "20-80 s"
 
-_ready = False
+_ready = False  # the marker matched, or this process is the one compiling
 _announced = set()
 
 
@@ -54,8 +55,8 @@ def _cache_dir() -> Path | None:
         return None
     from . import kernels
 
-    # Any of the module's cached functions: Numba's cache locator has chosen their directory
-    # when the function was decorated.
+    # Any of the module's cached functions: Numba's cache locator chose their directory when the
+    # function was decorated.
     return Path(kernels._global_avg_pool._cache._cache_path)
 
 
@@ -81,7 +82,8 @@ def _read_marker(directory: Path) -> dict:
 
 
 def ready() -> bool:
-    """True when every kernel is in Numba's cache for this machine (or nothing needs compiling)."""
+    """True when the kernels run without compiling: in Numba's cache for this machine (or nothing
+    compiles, the JIT being off), or being compiled by this very process."""
     global _ready
     if not _ready:
         directory = _cache_dir()
@@ -96,24 +98,20 @@ def estimate() -> str:
     return f"about {seconds:.0f} s" if isinstance(seconds, (int, float)) else FIRST_ESTIMATE
 
 
-def _announce(kind: str, message: str) -> None:
-    if kind not in _announced:
-        _announced.add(kind)
-        log.warning(message)
-
-
-def announce_foreground() -> None:
-    """Say that the next call compiles the kernels in this process."""
-    _announce("foreground", f"compiling the Numba kernels on first use ({estimate()}, once per "
-                            "machine; python -m convnext_np.warmup does it ahead of time)")
+def _announce(kind: str, message: str) -> bool:
+    """Log ``message`` the first time ``kind`` is announced in this process; whether it was."""
+    if kind in _announced:
+        return False
+    _announced.add(kind)
+    log.warning(message)
+    return True
 
 
 def start_background() -> None:
     """Start the detached warm-up process (once per process) and say that NumPy serves meanwhile."""
-    if "background" in _announced:
+    if not _announce("background", f"compiling the Numba kernels in the background ({estimate()}, "
+                                   "once per machine); the NumPy backend serves until they are ready"):
         return
-    _announce("background", f"compiling the Numba kernels in the background ({estimate()}, once "
-                            "per machine); the NumPy backend serves until they are ready")
     package_parent = str(Path(__file__).resolve().parent.parent)
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (package_parent, env.get("PYTHONPATH")) if p)
@@ -121,9 +119,17 @@ def start_background() -> None:
                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
 
 
+def compile_here() -> None:
+    """Compile every kernel in this process (waiting first for a compile running elsewhere)."""
+    _announce("foreground", f"compiling the Numba kernels before the first call ({estimate()}, once "
+                            "per machine; python -m convnext_np.warmup does it ahead of time)")
+    run(wait=True)
+
+
 @contextlib.contextmanager
-def _exclusive(directory: Path):
-    """Yield True when this process holds the machine's warm-up lock, False when another does."""
+def _exclusive(directory: Path, wait: bool):
+    """Yield True while this process holds the machine's compile lock; False (at once) when
+    another process holds it and ``wait`` is false."""
     try:
         import fcntl
     except ImportError:  # no advisory locks (Windows): compiling twice is only slower
@@ -132,7 +138,7 @@ def _exclusive(directory: Path):
     directory.mkdir(parents=True, exist_ok=True)
     with open(directory / LOCK, "w") as f:
         try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(f, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
         except OSError:
             yield False
             return
@@ -143,11 +149,11 @@ def _exclusive(directory: Path):
 
 
 def _sides(threads: int) -> tuple:
-    """Input sides that take both code paths of every layer: few rows per thread (columns split
-    among threads) and many (rows split), see ``kernels._is_tall``."""
+    """Input sides that take both code paths of every layer: few rows per thread (output columns
+    split among the threads) and many (row tiles), see ``kernels._is_tall``."""
     from . import kernels
 
-    rows = threads * kernels.TALL_MIN_ROWS  # stem output rows needed for the row-split path
+    rows = threads * kernels.TALL_MIN_ROWS  # stem output rows needed for row tiles
     side = 4 * int(np.ceil(np.sqrt(rows)))  # the stem divides each side by 4
     return 32, -(-side // 32) * 32
 
@@ -171,17 +177,23 @@ def compile_all() -> None:
             model(random_pixels((1, 3, side, side)))
 
 
-def run() -> float | None:
-    """Warm the cache unless it is warm or another process is warming it; the seconds it took."""
+def run(wait: bool = False) -> float | None:
+    """Warm the cache under the machine's compile lock, unless it is warm by then; the seconds it
+    took, or None. Without ``wait``, return at once when another process holds the lock."""
+    global _ready
     directory = _cache_dir()
     if directory is None:
         return None
-    with _exclusive(directory) as mine:
+    with _exclusive(directory, wait) as mine:
         if not mine or ready():
             return None
-        _announced.add("foreground")  # this process is the compile that message would announce
+        _ready = True  # the model calls below run on Numba, compiling
         started = time.perf_counter()
-        compile_all()
+        try:
+            compile_all()
+        except BaseException:
+            _ready = False
+            raise
         seconds = time.perf_counter() - started
         tmp = directory / f".{MARKER}.{os.getpid()}.tmp"
         tmp.write_text(json.dumps({"key": _key(), "seconds": seconds}), encoding="utf-8")
@@ -189,7 +201,15 @@ def run() -> float | None:
         return seconds
 
 
-if __name__ == "__main__":
+def main() -> None:
     took = run()
-    print("the Numba kernels were warm already, or another process is warming them" if took is None
+    print("the Numba kernels were compiled already, or another process is compiling them" if took is None
           else f"compiled the Numba kernels in {took:.1f} s")
+
+
+if __name__ == "__main__":
+    # Run as the package's module, not as a second copy of it named __main__: the model calls in
+    # compile_all consult convnext_np.warmup's state.
+    from convnext_np import warmup
+
+    warmup.main()
