@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import logging
 import os
 import sys
 import time
@@ -414,7 +415,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _StderrLog(logging.StreamHandler):
+    """The library's log (the Numba compile notice, say) on stderr, as the command's own messages."""
+
+    def emit(self, record):
+        self.stream = sys.stderr  # whatever it is now: callers and tests may have replaced it
+        super().emit(record)
+
+
+_LOG_HANDLER = _StderrLog()
+_LOG_HANDLER.setFormatter(logging.Formatter("convnext-np: %(message)s"))
+
+
 def main(argv=None) -> int:
+    if _LOG_HANDLER not in logging.getLogger("convnext_np").handlers:
+        logging.getLogger("convnext_np").addHandler(_LOG_HANDLER)
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

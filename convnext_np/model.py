@@ -108,6 +108,7 @@ class ConvNeXt:
         self.config = config
         self.params = _read_only(params)
         self.backend = backends.resolve(backend)
+        self._backend_by_name = backends.chosen_by_name(backend)
         self.num_threads = threads.check(num_threads)  # None: as the environment configures
         self.preprocessor = preprocessor
         self.source = source
@@ -119,11 +120,12 @@ class ConvNeXt:
 
     def __call__(self, pixel_values, output_hidden_states: bool = False) -> ConvNextOutput:
         x = self._check_input(pixel_values)
-        with threads.limit(self.backend, self.num_threads):
+        backend = backends.serving(self.backend, self._backend_by_name)  # NumPy while Numba compiles
+        with threads.limit(backend, self.num_threads):
             hidden, pooled, logits = forward(
                 self.params, np.ascontiguousarray(x.transpose(0, 2, 3, 1)),  # NCHW -> NHWC
                 eps=self.config.norm_eps, head_eps=self.config.layer_norm_eps,
-                ops=backends.get(self.backend))
+                ops=backends.get(backend))
         if not output_hidden_states:
             hidden = hidden[-1:]
         nchw = tuple(np.ascontiguousarray(h.transpose(0, 3, 1, 2)) for h in hidden)  # -> NCHW

@@ -328,7 +328,7 @@ def _get_model(model_path: str, backend: str = "auto", overrides=()):
         model = base = _MODELS[base_key]
         if overrides:
             processor = dataclasses.replace(base.preprocessor or ImageProcessor(), **dict(overrides))
-            model = ConvNeXt(base.config, base.params, backend=base.backend,
+            model = ConvNeXt(base.config, base.params, backend=backend,
                              preprocessor=processor, source=base.source)
         _MODELS[key] = model
         return model
