@@ -279,7 +279,7 @@ def with_head(model: ConvNeXt, weight, bias, labels, preprocessor=None) -> ConvN
                                   + "ForImageClassification" for a in extra["architectures"]]
     config = dataclasses.replace(model.config, id2label=dict(enumerate(labels)), extra=extra)
     head = {**model.params["head"], "fc_w": np.ascontiguousarray(weight.T), "fc_b": bias.copy()}
-    return ConvNeXt(config, {**model.params, "head": head}, backend=model.backend,
+    return ConvNeXt(config, {**model.params, "head": head}, backend=model.requested_backend,
                     preprocessor=preprocessor or model.preprocessor, source=model.source,
                     num_threads=model.num_threads)
 

@@ -108,6 +108,7 @@ class ConvNeXt:
         self.config = config
         self.params = _read_only(params)
         self.backend = backends.resolve(backend)
+        self.requested_backend = backend  # as asked for; a copy of the model asks for the same
         self._backend_by_name = backends.chosen_by_name(backend)
         self.num_threads = threads.check(num_threads)  # None: as the environment configures
         self.preprocessor = preprocessor
