@@ -8,7 +8,8 @@ coordinator asks each in turn for a slice of timed forward passes, pausing betwe
 
 Contenders: ``numba`` and ``numpy`` (convnext_np's backends), ``torch`` (transformers'
 ConvNextForImageClassification, eager, ``inference_mode``), ``onnxruntime`` (that torch model
-exported to ONNX, CPU provider, all graph optimisations), ``floor`` (every GEMM of the
+exported to ONNX, CPU provider, all graph optimisations), ``openvino`` (the same ONNX file,
+compiled for each input shape, inference precision pinned to f32), ``floor`` (every GEMM of the
 forward pass, ``np.matmul`` into preallocated outputs: the GEMM floor) and ``gemms`` (the same
 GEMMs through the body of ``convnext_np.kernels.linear``, into the same preallocated outputs: the
 Numba backend's own GEMM, alone). All load the same
@@ -29,9 +30,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 WORKDIR = Path(tempfile.gettempdir()) / "convnext_np_bench"
-CONTENDERS = ("numba", "numpy", "torch", "onnxruntime", "floor", "gemms")
+CONTENDERS = ("numba", "numpy", "torch", "onnxruntime", "openvino", "floor", "gemms")
+ONNX_CONTENDERS = ("onnxruntime", "openvino")  # read model.onnx
 LABELS = {"numba": 'convnext_np backend="numba"', "numpy": 'convnext_np backend="numpy"',
           "torch": "PyTorch eager (transformers)", "onnxruntime": "ONNX Runtime",
+          "openvino": "OpenVINO (f32)",
           "floor": "GEMM floor (NumPy sgemm)", "gemms": "the same GEMMs, convnext_np's kernel"}
 SETTLE_S = 0.3  # pause before each slice: spinning threads of the previous contender go to sleep
 
@@ -104,7 +107,7 @@ def build(contender: str, d: Path, threads: int):
     """A function pixel_values (N, 3, H, W) float32 -> logits, for one contender."""
     import numpy as np
 
-    if contender in ("numba", "numpy"):
+    if contender in ("numba", "numpy", "auto"):  # "auto": a start-up contender only
         import convnext_np as cnp
 
         model = cnp.from_pretrained(d, backend=contender)
@@ -128,6 +131,23 @@ def build(contender: str, d: Path, threads: int):
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         session = ort.InferenceSession(str(d / "model.onnx"), options, providers=["CPUExecutionProvider"])
         return lambda x: session.run(None, {"pixel_values": x})[0]
+    if contender == "openvino":  # the same ONNX file; compiled per input shape (static shapes)
+        import openvino as ov
+
+        core = ov.Core()
+        onnx_model = core.read_model(str(d / "model.onnx"))
+        settings = {"INFERENCE_PRECISION_HINT": "f32",  # no bf16 on CPUs that have it: fp32 like the rest
+                    "INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY"}
+        compiled = {}
+
+        def run(x):
+            if x.shape not in compiled:
+                onnx_model.reshape({"pixel_values": list(x.shape)})
+                compiled[x.shape] = core.compile_model(onnx_model, "CPU", settings).create_infer_request()
+            request = compiled[x.shape]
+            request.infer({"pixel_values": x})
+            return request.get_output_tensor(0).data
+        return run
     if contender in ("floor", "gemms"):
         import convnext_np as cnp
 
@@ -202,7 +222,7 @@ def worker(spec: dict) -> None:
 def oneshot(spec: dict) -> None:
     """A fresh process: import, load, one forward pass on the batch; report times and peak memory."""
     t_import = time.perf_counter()
-    if spec["contender"] in ("numba", "numpy"):
+    if spec["contender"] in ("numba", "numpy", "auto"):
         import convnext_np  # noqa: F401
         import_s = time.perf_counter() - t_import
         numba_imported = "numba" in sys.modules
@@ -332,6 +352,21 @@ def openblas_cores() -> list:
     return found
 
 
+def fma_peak(threads: int) -> float | None:
+    """This CPU's float32 FMA peak in GFLOP/s on ``threads`` threads (``fma_peak.c``); None
+    where it cannot be built (no C compiler, no FMA)."""
+    exe = WORKDIR / "fma_peak"
+    if not exe.is_file():
+        WORKDIR.mkdir(parents=True, exist_ok=True)
+        built = subprocess.run(["cc", "-O2", "-march=native", "-pthread", str(ROOT / "benchmarks" / "fma_peak.c"),
+                                "-o", str(exe)], capture_output=True)
+        if built.returncode:
+            return None
+    runs = [json.loads(subprocess.run([str(exe), str(threads)], capture_output=True, text=True,
+                                      check=True).stdout)["gflops"] for _ in range(3)]
+    return max(runs)  # the peak: the run least disturbed by the rest of the machine
+
+
 def machine() -> dict:
     import numpy as np
 
@@ -370,7 +405,7 @@ def machine() -> dict:
     for name in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT"):
         if name in os.environ:
             facts[f"environment {name}"] = os.environ[name]
-    for mod in ("numba", "llvmlite", "scipy", "torch", "transformers", "onnxruntime"):
+    for mod in ("numba", "llvmlite", "scipy", "torch", "transformers", "onnxruntime", "openvino"):
         try:
             facts[mod] = __import__(mod).__version__
         except ImportError:

@@ -8,6 +8,8 @@ from .checkpoints import CHECKPOINTS, Checkpoint
 from .classify import Prediction, classify
 from .config import VARIANTS, ConvNextConfig
 from .errors import ConvNextError, ImageError, WeightsError
+from .evaluate import EvaluationReport, evaluate
+from .head import HeadFit, fit_head
 from .model import ConvNeXt, ConvNextOutput
 from .preprocess import ImageProcessor
 from .loading import from_pretrained
@@ -16,5 +18,6 @@ __all__ = [
     "CHECKPOINTS", "Checkpoint", "ConvNeXt", "ConvNextConfig", "ConvNextError", "ConvNextOutput",
     "ImageError", "ImageProcessor", "Prediction", "VARIANTS", "WeightsError", "classify",
     "from_pretrained",
+    "EvaluationReport", "HeadFit", "evaluate", "fit_head",
 ]
 __version__ = "0.1.0"

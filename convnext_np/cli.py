@@ -1,4 +1,5 @@
-"""The ``convnext-np`` command line: classify, features, convert, info, golden, verify.
+"""The ``convnext-np`` command line: classify, features, convert, info, evaluate, fit-head,
+golden, verify.
 
 Exit status (``shared/api.md``): 0 when every input was handled, 1 when any input failed (the
 others are still reported), 2 for usage errors or a model that cannot be loaded.
@@ -9,6 +10,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import logging
 import os
 import sys
 import time
@@ -207,6 +209,85 @@ def cmd_info(args) -> int:
     return EXIT_OK
 
 
+# --- evaluate, fit-head -----------------------------------------------------------------------
+def _read_labelled(args):
+    """The dataset's (image, label) pairs, or None after saying why on stderr (exit 2)."""
+    from .evaluate import read_dataset
+
+    try:
+        return read_dataset(args.dataset)
+    except ValueError as e:
+        print(f"convnext-np: error: {e}", file=sys.stderr)
+        return None
+
+
+def cmd_evaluate(args) -> int:
+    from .evaluate import evaluate
+
+    pairs = _read_labelled(args)
+    if pairs is None:
+        return EXIT_USAGE
+    model = _load(args)
+    progress = Progress(len(pairs), _progress_enabled(args))
+    try:
+        report = evaluate(pairs, model, tuple(args.top_k), profile=args.profile,
+                          batch_size=args.batch_size, progress=progress.step)
+    except ValueError as e:  # labels the model does not have
+        print(f"convnext-np: error: {args.dataset}: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    report.dataset = str(args.dataset)
+    if args.format == "json":  # the table lists the unreadable images itself
+        for _, why in report.unreadable:
+            print(f"convnext-np: {why}", file=sys.stderr)
+        print(json.dumps(report.to_dict(), indent=2, ensure_ascii=False, default=str))
+    else:
+        print(report.format_table())
+    return EXIT_INPUT_FAILED if report.unreadable else EXIT_OK
+
+
+def default_cache_dir() -> Path:
+    """Where fit-head keeps pooled features: $XDG_CACHE_HOME (else ~/.cache)/convnext_np/features."""
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "convnext_np" / "features"
+
+
+def cmd_fit_head(args) -> int:
+    from .head import fit_head
+
+    pairs = _read_labelled(args)
+    if pairs is None:
+        return EXIT_USAGE
+    model = _load(args)
+    cache = None if args.no_cache else (args.cache or default_cache_dir())
+    progress = Progress(len(pairs), _progress_enabled(args))
+    try:
+        fitted = fit_head(model, [p for p, _ in pairs], [label for _, label in pairs],
+                          val_fraction=args.val_fraction, l2=args.l2, seed=args.seed,
+                          profile=args.profile, batch_size=args.batch_size, cache_dir=cache,
+                          progress=progress.step)
+    except ValueError as e:
+        print(f"convnext-np: error: {args.dataset}: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    r = fitted.fit_report
+    for _, why in r.unreadable:
+        print(f"convnext-np: {why}", file=sys.stderr)
+    print(f"features: {r.computed + r.cached} images ({r.computed} computed, {r.cached} from the "
+          f"cache) in {r.feature_seconds:.1f} s" + (f"; cache {cache}" if cache else ""))
+    print(f"head:     {len(r.labels)} classes on {fitted.config.hidden_sizes[-1]} features, "
+          f"{r.n_train} training images, l2 {r.l2:.3g}, L-BFGS {r.iterations} iterations "
+          f"({'converged' if r.converged else 'not converged: ' + r.message}) in {r.fit_seconds:.1f} s")
+    val = "-" if r.val_accuracy is None else f"{r.val_accuracy:.2%} of {r.n_val}"
+    print(f"accuracy: training {r.train_accuracy:.2%}, validation {val}")
+    fitted.save_pretrained(args.out)
+    print(f"wrote {', '.join(str(Path(args.out) / n) for n in sorted(os.listdir(args.out)))}")
+    if not (Path(args.out) / "preprocessor_config.json").is_file():
+        print(f"convnext-np: note: transformers has no equivalent of the {args.profile!r} "
+              "preprocessing, so no preprocessor_config.json was written; preprocess as the "
+              f"features were (ImageProcessor(crop_mode={fitted.preprocessor.crop_mode!r}, ...)) "
+              "when you use the model", file=sys.stderr)
+    return EXIT_INPUT_FAILED if r.unreadable else EXIT_OK
+
+
 # --- the parser -------------------------------------------------------------------------------
 def _positive(text: str) -> int:
     value = int(text)
@@ -218,7 +299,8 @@ def _positive(text: str) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="convnext-np",
-        description="ConvNeXt in NumPy: classify images, extract features, convert weights.",
+        description="ConvNeXt in NumPy: classify images, extract features, convert weights, "
+                    "evaluate accuracy, fit new heads.",
         epilog="exit status: 0 all inputs handled, 1 some input failed, 2 usage error or the "
                "model could not be loaded")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -287,12 +369,74 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--width", type=_positive, default=None, help="input width (default: = size)")
     p.add_argument("--backend", default="numpy", help=argparse.SUPPRESS)
 
+    from .preprocess import PROFILES
+
+    def downstream_options(p):
+        p.add_argument("dataset", metavar="DATASET",
+                       help="a folder of class folders (named by label or WordNet id, as "
+                            "ImageNet's val split) or a path,label CSV file")
+        p.add_argument("--profile", choices=list(PROFILES), default="model",
+                       help="preprocessing: " + "; ".join(f"{k}: {v}" for k, v in PROFILES.items())
+                            + " (default: model)")
+
+    p = add("evaluate", "top-1/top-5 accuracy on labelled images",
+            "Classify every image of a labelled dataset and report top-k accuracy, per-class "
+            "accuracy, the most frequent mistakes and the unreadable images (which are named and "
+            "left out of the fractions; exit status 1 when there are any).",
+            ["convnext-np evaluate imagenet/val --model convnext-tiny-224",
+             "convnext-np evaluate imagenet/val --model convnext-tiny-224 --profile tfhub",
+             "convnext-np evaluate labels.csv --model ./my-classifier --format json"], cmd_evaluate)
+    downstream_options(p)
+    model_options(p)
+    p.add_argument("--top-k", "-k", type=_positive, nargs="+", default=[1, 5], metavar="K",
+                   help="the k of each top-k accuracy (default: 1 5)")
+    p.add_argument("--format", "-f", choices=("table", "json"), default="table",
+                   help="output format (default: table)")
+    batch_options(p)
+
+    p = add("fit-head", "fit a new linear head on labelled images and save the model",
+            "Compute the pooled features of every image once (kept in a cache, so a rerun or an "
+            "interrupted run resumes), fit a multinomial logistic-regression head with L2 (L-BFGS) "
+            "on the classes named by the dataset's folders or CSV labels, report its accuracy on a "
+            "stratified validation split, and save the model in Hugging Face layout.",
+            ["convnext-np fit-head flowers/ --model convnext-tiny-224 --out flower-classifier",
+             "convnext-np fit-head labels.csv --model ./backbone --out out/ --val-fraction 0.1"],
+            cmd_fit_head)
+    downstream_options(p)
+    model_options(p)
+    p.add_argument("--out", "-o", required=True, help="output directory (Hugging Face layout)")
+    p.add_argument("--val-fraction", type=float, default=0.2,
+                   help="fraction of each class held out for validation, in [0, 1) (default: 0.2)")
+    p.add_argument("--l2", type=float, default=None,
+                   help="weight of the L2 penalty on the mean cross-entropy "
+                        "(default: 1/n, scikit-learn's C=1)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the validation split (default: 0)")
+    p.add_argument("--cache", default=None,
+                   help="feature cache folder (default: convnext_np/features in "
+                        "$XDG_CACHE_HOME, else in ~/.cache)")
+    p.add_argument("--no-cache", action="store_true", help="keep features in memory only")
+    batch_options(p)
+
     add_golden_parser(sub)
     add_verify_parser(sub)
     return parser
 
 
+class _StderrLog(logging.StreamHandler):
+    """The library's log (the Numba compile notice, say) on stderr, as the command's own messages."""
+
+    def emit(self, record):
+        self.stream = sys.stderr  # whatever it is now: callers and tests may have replaced it
+        super().emit(record)
+
+
+_LOG_HANDLER = _StderrLog()
+_LOG_HANDLER.setFormatter(logging.Formatter("convnext-np: %(message)s"))
+
+
 def main(argv=None) -> int:
+    if _LOG_HANDLER not in logging.getLogger("convnext_np").handlers:
+        logging.getLogger("convnext_np").addHandler(_LOG_HANDLER)
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

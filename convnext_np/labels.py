@@ -4,6 +4,8 @@
 WordNet lemmas of the ImageNet-1k classes, of the 11821 classes of timm's ImageNet-12k (the
 ``in12k`` heads) and of the 21841 ImageNet-22k classes, in logit order (written by
 ``data/make_labels.py`` from the lists timm ships). A checkpoint's own ``id2label`` always wins.
+``data/imagenet-*-synsets.txt`` hold their WordNet ids, in the same order: the folder names of
+ImageNet's train and val splits.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ from functools import lru_cache
 from importlib import resources
 
 LABEL_SETS = {1000: "imagenet-1k.txt", 11821: "imagenet-12k.txt", 21841: "imagenet-22k.txt"}
+SYNSET_SETS = {1000: "imagenet-1k-synsets.txt", 11821: "imagenet-12k-synsets.txt",
+               21841: "imagenet-22k-synsets.txt"}
 
 
 @lru_cache(maxsize=None)
@@ -25,3 +29,9 @@ def imagenet_labels(num_classes: int) -> list | None:
     name = LABEL_SETS.get(num_classes)
     return list(_read(name)) if name else None
 
+
+def imagenet_synsets(num_classes: int) -> list | None:
+    """The WordNet ids (``n01440764``, ...) of a head of ``num_classes`` (1000, 11821 or 21841), in
+    logit order, else None."""
+    name = SYNSET_SETS.get(num_classes)
+    return list(_read(name)) if name else None

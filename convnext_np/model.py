@@ -194,6 +194,8 @@ class ConvNeXt:
         # LayerNorms are in params["backbone_norms"] (absent for DINOv3, which has none).
         self.out_features = list(out_features) if out_features else None
         self.backend = backends.resolve(backend)
+        self.requested_backend = backend  # as asked for; a copy of the model asks for the same
+        self._backend_by_name = backends.chosen_by_name(backend)
         self.num_threads = threads.check(num_threads)  # None: as the environment configures
         self.preprocessor = preprocessor
         self.source = source
@@ -205,10 +207,11 @@ class ConvNeXt:
 
     def __call__(self, pixel_values, output_hidden_states: bool = False) -> ConvNextOutput:
         x = self._check_input(pixel_values)
-        c, ops = self.config, backends.get(self.backend)
+        backend = backends.serving(self.backend, self._backend_by_name)  # NumPy while Numba compiles
+        c, ops = self.config, backends.get(backend)
         x = np.ascontiguousarray(x.transpose(0, 2, 3, 1))  # NCHW -> NHWC
         maps = sequence = None
-        with threads.limit(self.backend, self.num_threads):
+        with threads.limit(backend, self.num_threads):
             hidden, pooled, logits = forward(
                 self.params, x, eps=c.norm_eps, head_eps=c.layer_norm_eps, ops=ops,
                 stem_type=c.stem_type, norm_layer=c.norm_layer, head_norm_first=c.head_norm_first)

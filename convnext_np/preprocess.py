@@ -6,6 +6,9 @@ floor offsets; at 384 and above, resize to ``size x size`` with no crop; rescale
 float64, then normalize in float32. ``crop_mode="center"`` and ``"squash"`` are timm's eval
 transform (spec D.2): shortest edge (or both sides, for squash) to ``floor(size / crop_pct)``,
 centre crop at offsets rounded half to even as torchvision does, ``/ 255`` in float32.
+``crop_mode="tf"`` is the evaluation of the Keras port of ConvNeXt (the TF-Hub weights):
+TensorFlow's ``tf.image.resize(method="bicubic")`` of both sides to ``floor(size / crop_pct)``,
+then ``tf.image.central_crop``; see :func:`tf_resize_bicubic`.
 
 Every image becomes 8-bit RGB first, as transformers' ``pipeline("image-classification")``
 prepares it (``load_image``): EXIF orientation applied, then ``Image.convert("RGB")`` (alpha is
@@ -20,7 +23,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -33,10 +36,10 @@ IMAGENET_DEFAULT_STD = (0.229, 0.224, 0.225)
 RESAMPLE = {"nearest": Image.Resampling.NEAREST, "lanczos": Image.Resampling.LANCZOS,
             "bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC,
             "box": Image.Resampling.BOX, "hamming": Image.Resampling.HAMMING}
-CROP_MODES = ("hf", "center", "squash")
+CROP_MODES = ("hf", "center", "squash", "tf")
 # DINOv3's evaluation transform (transformers' DINOv3 converter): a 224x224 bilinear warp, ImageNet
 # mean and std. transformers' fast processor resizes tensors with antialias, not with PIL, so its
-# pixels differ from these by a few uint8 steps at most.
+# pixels differ from these by one uint8 step at most on our test photos.
 DINOV3_PREPROCESSING = {"size": 224, "crop_pct": None, "resample": "bilinear", "crop_mode": "hf"}
 # Images with more pixels than this are refused before they are decoded (decompression bombs).
 # PIL's own warning threshold; raise it for legitimately huge scans.
@@ -91,8 +94,11 @@ class ImageProcessor:
 
     def preprocess(self, image) -> np.ndarray:
         """One image -> float32 (3, size, size)."""
-        x = self.resize_and_crop(load_rgb(image, hf_exact=self.hf_exact, max_pixels=self.max_pixels))
-        x = np.asarray(x, dtype=np.uint8)  # [H, W, 3]
+        rgb = load_rgb(image, hf_exact=self.hf_exact, max_pixels=self.max_pixels)
+        if self.crop_mode == "tf" and self.do_resize:  # TensorFlow keeps the unrounded floats
+            x = self._tf_squash_and_crop(np.asarray(rgb))  # [H, W, 3] float32, 0..255 (+ overshoot)
+        else:
+            x = np.asarray(self.resize_and_crop(rgb), dtype=np.uint8)  # [H, W, 3]
         if self.do_rescale:
             if self.crop_mode == "hf":  # transformers: float64 multiply, then float32
                 x = (x.astype(np.float64) * self.rescale_factor).astype(np.float32)
@@ -125,6 +131,14 @@ class ImageProcessor:
         if max(new_w, new_h) > WINDOW_ASPECT * s and min(new_w, new_h) >= s:
             return self._resize_crop_window(image, new_w, new_h)
         return self._center_crop(np.asarray(self._resize(image, new_w, new_h)))
+
+    def _tf_squash_and_crop(self, x: np.ndarray) -> np.ndarray:
+        """Both sides to floor(size / crop_pct) with TensorFlow's bicubic, then the centre size
+        x size, as ``tf.image.central_crop`` takes it: 256 -> 224 starts at 256 // 16 = 16."""
+        short = math.floor(self.size / (224 / 256 if self.crop_pct is None else self.crop_pct))
+        x = tf_resize_bicubic(x, short, short)
+        top = (short - self.size) // 2
+        return x[top:top + self.size, top:top + self.size]
 
     def _resize(self, image, width, height, box=None):
         return image.resize((width, height), resample=RESAMPLE[self.resample], box=box, reducing_gap=None)
@@ -229,11 +243,88 @@ class ImageProcessor:
         to torchvision's crop rounding); ``squash`` only at 384 and above, where both warp."""
         if self.crop_mode == "squash" and self.size < 384 and self.crop_pct not in (None, 1.0):
             raise ValueError(f"crop_mode 'squash' at {self.size} has no transformers equivalent")
+        if self.crop_mode == "tf":
+            raise ValueError("crop_mode 'tf' (TensorFlow's resize) has no transformers equivalent")
         d = asdict(self)
         return {"image_processor_type": "ConvNextImageProcessor", "size": {"shortest_edge": self.size},
                 "crop_pct": self.crop_pct, "resample": int(RESAMPLE[self.resample]),
                 "image_mean": list(self.image_mean), "image_std": list(self.image_std),
                 **{k: d[k] for k in ("do_resize", "do_rescale", "rescale_factor", "do_normalize")}}
+
+
+# Evaluation preprocessing by name (``convnext-np evaluate --profile``): the checkpoint's own
+# size, mean and std, resized and cropped as each reference evaluates. "tfhub" is the Keras
+# port's ImageNet evaluation (sayakpaul/keras-convnext-conversion, in1k-eval/eval.ipynb):
+# tf.image.resize(image, (256, 256), method="bicubic"), then tf.image.central_crop(0.875).
+PROFILES = {
+    "model": "the checkpoint's own preprocessing (preprocessor_config.json or timm's cfg)",
+    "hf": "transformers' ConvNextImageProcessor: shortest edge to int(size/crop_pct), centre crop",
+    "center": "timm's eval transform: shortest edge to floor(size/crop_pct), centre crop",
+    "timm": "the same as center (timm's default crop_mode)",
+    "squash": "timm's squash: both sides to floor(size/crop_pct), centre crop",
+    "tfhub": "the Keras/TF-Hub port's evaluation: both sides to 256 with TensorFlow's "
+             "bicubic (no antialiasing), centre crop 224",
+}
+
+
+def profile_processor(name: str, base: ImageProcessor) -> ImageProcessor:
+    """``base`` (a checkpoint's processor) resized and cropped as profile ``name`` says."""
+    if name not in PROFILES:
+        raise ValueError(f"unknown preprocessing profile {name!r}; choose one of {', '.join(PROFILES)}")
+    if name == "model":
+        return base
+    if name == "tfhub":
+        return replace(base, crop_mode="tf", crop_pct=224 / 256)
+    return replace(base, crop_mode={"timm": "center"}.get(name, name))
+
+
+# TensorFlow's bicubic kernel (Keys 1981, a = -0.5) tabulated at 1/1024 steps, as
+# tensorflow/core/kernels/image/resize_bicubic_op.cc does: TABLE[0][i] is the weight at distance
+# i/1024, TABLE[1][i] at distance 1 + i/1024.
+_TF_TABLE_SIZE = 1024
+
+
+def _tf_cubic_table() -> np.ndarray:
+    a = -0.5
+    x = (np.arange(_TF_TABLE_SIZE + 1) / _TF_TABLE_SIZE).astype(np.float32).astype(np.float64)
+    near = ((a + 2) * x - (a + 3)) * x * x + 1
+    x = x + 1
+    far = ((a * x - 5 * a) * x + 8 * a) * x - 4 * a
+    return np.stack([near, far]).astype(np.float32)
+
+
+def _tf_cubic_taps(in_size: int, out_size: int):
+    """Source indices and float32 weights, (out_size, 4) each, of one axis of TensorFlow's
+    ``resize_bicubic(half_pixel_centers=True)``: the output pixel x samples the input at
+    (x + 0.5) * in/out - 0.5; taps outside the image get weight 0 and the other weights are
+    renormalized to sum to 1."""
+    table = _tf_cubic_table()
+    scale = np.float32(in_size) / np.float32(out_size)
+    loc = (np.arange(out_size, dtype=np.float32) + np.float32(0.5)) * scale - np.float32(0.5)
+    base = np.floor(loc)
+    offset = np.rint((loc - base) * np.float32(_TF_TABLE_SIZE)).astype(np.int64)  # lrintf
+    weights = np.stack([table[1][offset], table[0][offset], table[0][_TF_TABLE_SIZE - offset],
+                        table[1][_TF_TABLE_SIZE - offset]], axis=1)
+    index = base.astype(np.int64)[:, None] + np.arange(-1, 3)
+    weights[(index < 0) | (index >= in_size)] = 0
+    total = weights[:, 0] + weights[:, 1] + weights[:, 2] + weights[:, 3]
+    weights *= (np.float32(1) / total)[:, None]
+    return np.clip(index, 0, in_size - 1), weights
+
+
+def tf_resize_bicubic(x: np.ndarray, height: int, width: int) -> np.ndarray:
+    """TensorFlow 2's ``tf.image.resize(x, (height, width), method="bicubic")`` of an [H, W, C]
+    array: Keys' cubic convolution (a = -0.5) on half-pixel centres, four taps a side, no
+    antialiasing when shrinking, float32 out, neither rounded nor clipped. Columns are
+    interpolated first, then rows, each as four products summed in order, as TensorFlow does."""
+    x = np.asarray(x, dtype=np.float32)
+    rows, row_w = _tf_cubic_taps(x.shape[0], height)
+    cols, col_w = _tf_cubic_taps(x.shape[1], width)
+    # [height, W, C]: each needed input row, interpolated vertically
+    tall = sum((row_w[:, k, None, None] * x[rows[:, k]] for k in range(1, 4)),
+               row_w[:, 0, None, None] * x[rows[:, 0]])
+    return sum((col_w[None, :, k, None] * tall[:, cols[:, k]] for k in range(1, 4)),
+               col_w[None, :, 0, None] * tall[:, cols[:, 0]])
 
 
 def _describe(image) -> str:

@@ -18,6 +18,15 @@ first; ``errorCol`` is null, or the message for a row that could not be decoded 
 ``outputCol`` is null); ``embeddingCol``, when set, is the pooled features
 (``model(...).pooled``, ``array<float>``) from the same forward pass.
 
+``outputMode="annotations"`` shapes ``outputCol`` as Spark NLP's image classifiers do (its
+``Annotation`` struct: ``annotatorType`` "category", ``begin`` 0, ``end`` len(label) - 1,
+``result`` the top-1 label, ``metadata`` map<string,string>, ``embeddings`` array<float>,
+empty), so a pipeline written for Spark NLP's ``ConvNextForImageClassification`` with
+``setOutputCol("class")`` selects ``class.result`` unchanged. ``metadata`` holds the softmax
+probability of every class, keyed by its label (a label that names two classes is keyed
+``"<label> (<index>)"`` for each), written as Spark NLP writes floats; Spark NLP itself keys only
+ten of them correctly.
+
 Execution is ``mapInArrow``: each Arrow batch goes through
 :func:`convnext_np.classify.iter_classify` in chunks of ``batchSize``. Each Python worker
 loads the model once (a module-level cache), from the path on the executor's disk, and uses
@@ -32,7 +41,7 @@ import io
 import math
 import os
 import threading
-from collections import deque
+from collections import Counter, deque
 
 try:
     from pyspark import keyword_only
@@ -61,6 +70,16 @@ PREDICTION_TYPE = T.ArrayType(T.StructType([
     T.StructField("score", T.FloatType()),
 ]))
 EMBEDDING_TYPE = T.ArrayType(T.FloatType())
+# Spark NLP's Annotation (com.johnsnowlabs.nlp.Annotation.dataType), for outputMode="annotations".
+ANNOTATION_TYPE = T.ArrayType(T.StructType([
+    T.StructField("annotatorType", T.StringType()),
+    T.StructField("begin", T.IntegerType(), nullable=False),
+    T.StructField("end", T.IntegerType(), nullable=False),
+    T.StructField("result", T.StringType()),
+    T.StructField("metadata", T.MapType(T.StringType(), T.StringType())),
+    T.StructField("embeddings", T.ArrayType(T.FloatType(), containsNull=False)),
+]))
+OUTPUT_MODES = ("predictions", "annotations")
 
 # Spark's image data source: OpenCV type codes of the 8-bit modes it writes, and channels.
 OCV_CHANNELS = {0: 1, 16: 3, 24: 4}  # CV_8UC1, CV_8UC3, CV_8UC4
@@ -104,6 +123,10 @@ class ImageClassifier(Transformer, HasInputCol, HasOutputCol,
     batchSize = Param(Params._dummy(), "batchSize", "images per forward pass", TypeConverters.toInt)
     backend = Param(Params._dummy(), "backend", "'auto' or a convnext_np backend name",
                     TypeConverters.toString)
+    outputMode = Param(Params._dummy(), "outputMode",
+                       "'predictions' (label, index, score; topK of them) or 'annotations' "
+                       "(Spark NLP's Annotation: result = label, metadata = every label's score)",
+                       TypeConverters.toString)
     dropInvalid = Param(Params._dummy(), "dropInvalid",
                         "drop rows that cannot be decoded instead of returning their error",
                         TypeConverters.toBoolean)
@@ -116,7 +139,7 @@ class ImageClassifier(Transformer, HasInputCol, HasOutputCol,
                       TypeConverters.toListFloat)
     imageStd = Param(Params._dummy(), "imageStd", "preprocessing override: per-channel std",
                      TypeConverters.toListFloat)
-    cropMode = Param(Params._dummy(), "cropMode", "preprocessing override: hf, center or squash",
+    cropMode = Param(Params._dummy(), "cropMode", "preprocessing override: hf, center, squash or tf",
                      TypeConverters.toString)
     doResize = Param(Params._dummy(), "doResize", "preprocessing override", TypeConverters.toBoolean)
     doRescale = Param(Params._dummy(), "doRescale", "preprocessing override", TypeConverters.toBoolean)
@@ -130,10 +153,11 @@ class ImageClassifier(Transformer, HasInputCol, HasOutputCol,
                  errorCol="error", embeddingCol=None, topK=5, batchSize=8, backend="auto",
                  dropInvalid=False, size=None, cropPct=None, resample=None, imageMean=None,
                  imageStd=None, cropMode=None, doResize=None, doRescale=None, rescaleFactor=None,
-                 doNormalize=None):
+                 doNormalize=None, outputMode="predictions"):
         super().__init__()
         self._setDefault(modelPath=DEFAULT_MODEL, inputCol="image", outputCol="predictions",
-                         errorCol="error", topK=5, batchSize=8, backend="auto", dropInvalid=False)
+                         errorCol="error", topK=5, batchSize=8, backend="auto", dropInvalid=False,
+                         outputMode="predictions")
         self.setParams(**self._input_kwargs)
 
     @keyword_only
@@ -141,7 +165,7 @@ class ImageClassifier(Transformer, HasInputCol, HasOutputCol,
                   errorCol="error", embeddingCol=None, topK=5, batchSize=8, backend="auto",
                   dropInvalid=False, size=None, cropPct=None, resample=None, imageMean=None,
                   imageStd=None, cropMode=None, doResize=None, doRescale=None, rescaleFactor=None,
-                  doNormalize=None):
+                  doNormalize=None, outputMode="predictions"):
         # None means "not set" (the checkpoint's preprocessing, no embedding column).
         return self._set(**{k: v for k, v in self._input_kwargs.items() if v is not None})
 
@@ -155,6 +179,7 @@ class ImageClassifier(Transformer, HasInputCol, HasOutputCol,
     def setBatchSize(self, value): return self._set(batchSize=value)
     def setBackend(self, value): return self._set(backend=value)
     def setDropInvalid(self, value): return self._set(dropInvalid=value)
+    def setOutputMode(self, value): return self._set(outputMode=value)
     def setSize(self, value): return self._set(size=value)
     def setCropPct(self, value): return self._set(cropPct=value)
     def setResample(self, value): return self._set(resample=value)
@@ -174,6 +199,7 @@ class ImageClassifier(Transformer, HasInputCol, HasOutputCol,
     def getBatchSize(self): return self.getOrDefault(self.batchSize)
     def getBackend(self): return self.getOrDefault(self.backend)
     def getDropInvalid(self): return self.getOrDefault(self.dropInvalid)
+    def getOutputMode(self): return self.getOrDefault(self.outputMode)
 
     def preprocessingOverrides(self) -> dict:
         """The set preprocessing params, as :class:`~convnext_np.ImageProcessor` keyword arguments."""
@@ -190,7 +216,11 @@ class ImageClassifier(Transformer, HasInputCol, HasOutputCol,
             raise ValueError(f"ImageClassifier: no column {input_col!r} in {schema.names}"
                              + next((h for c, h in hint.items() if c in schema.names), ""))
         kind = _input_kind(schema[input_col].dataType, input_col)
-        new_fields = [T.StructField(self.getOutputCol(), PREDICTION_TYPE),
+        if self.getOutputMode() not in OUTPUT_MODES:
+            raise ValueError(f"ImageClassifier: outputMode must be one of {OUTPUT_MODES}, got "
+                             f"{self.getOutputMode()!r}")
+        annotations = self.getOutputMode() == "annotations"
+        new_fields = [T.StructField(self.getOutputCol(), ANNOTATION_TYPE if annotations else PREDICTION_TYPE),
                       T.StructField(self.getErrorCol(), T.StringType())]
         if self.getEmbeddingCol():
             new_fields.append(T.StructField(self.getEmbeddingCol(), EMBEDDING_TYPE))
@@ -220,7 +250,7 @@ class ImageClassifier(Transformer, HasInputCol, HasOutputCol,
             path_index=None if path_col is None else schema.names.index(path_col),
             top_k=self.getTopK(), batch_size=self.getBatchSize(),
             embedding=bool(self.getEmbeddingCol()), drop_invalid=self.getDropInvalid(),
-            new_names=tuple(names))
+            new_names=tuple(names), annotations=annotations)
         # functools.partial of a module-level function: cloudpickle sends it by reference, so
         # the workers use this module's cache rather than a pickled copy of it.
         return dataset.mapInArrow(functools.partial(_classify_batches, settings),
@@ -253,6 +283,7 @@ class _Settings:
     embedding: bool
     drop_invalid: bool
     new_names: tuple  # outputCol, errorCol[, embeddingCol]
+    annotations: bool = False  # outputMode="annotations"
 
 
 # The models of this Python worker process, by (model path, backend, preprocessing overrides).
@@ -297,7 +328,7 @@ def _get_model(model_path: str, backend: str = "auto", overrides=()):
         model = base = _MODELS[base_key]
         if overrides:
             processor = dataclasses.replace(base.preprocessor or ImageProcessor(), **dict(overrides))
-            model = ConvNeXt(base.config, base.params, backend=base.backend,
+            model = ConvNeXt(base.config, base.params, backend=backend,
                              preprocessor=processor, source=base.source)
         _MODELS[key] = model
         return model
@@ -444,19 +475,25 @@ def _classify_batch(settings, model, batch):
             yield image
 
     recording = _Recording(model)
-    results = iter_classify(images(), recording, settings.top_k, settings.batch_size)
+    top_k = model.config.num_labels if settings.annotations else settings.top_k
+    keys = _metadata_keys(model.config.id2label) if settings.annotations else None
+    results = iter_classify(images(), recording, top_k, settings.batch_size)
     for k, (image, preds, error) in enumerate(results):
         i = fed[k]
         if error is not None:
             errors[i] = _message(error, image, _where(settings, batch, i))
             continue
-        predictions[i] = [{"label": p.label, "index": p.index, "score": p.score} for p in preds]
+        if settings.annotations:
+            predictions[i] = [annotation(preds, keys)]
+        else:
+            predictions[i] = [{"label": p.label, "index": p.index, "score": p.score} for p in preds]
         pooled = recording.pooled.popleft()
         if settings.embedding:
             embeddings[i] = pooled
     assert not recording.pooled, "one pooled row per classified image"
 
-    arrays = [pa.array(predictions, type=_arrow_prediction_type()),
+    output_type = _arrow_annotation_type() if settings.annotations else _arrow_prediction_type()
+    arrays = [pa.array(predictions, type=output_type),
               pa.array(errors, type=pa.string())]
     if settings.embedding:
         arrays.append(pa.array(embeddings, type=pa.list_(pa.float32())))  # float32 rows or None
@@ -473,6 +510,46 @@ def _arrow_prediction_type():
 
     return pa.list_(pa.struct([pa.field("label", pa.string()), pa.field("index", pa.int32()),
                                pa.field("score", pa.float32())]))
+
+
+def _metadata_keys(id2label) -> tuple:
+    """The metadata key of each class: its label, or ``"<label> (<index>)"`` for a label that
+    two or more classes share (ImageNet-1k has two "crane" classes, the bird and the machine)."""
+    labels = [id2label[i] for i in range(len(id2label))]
+    shared = {label for label, n in Counter(labels).items() if n > 1}
+    return tuple(f"{label} ({i})" if label in shared else label for i, label in enumerate(labels))
+
+
+def annotation(predictions, keys) -> dict:
+    """One Spark NLP ``category`` annotation from the predictions of every class, best first;
+    ``keys`` are the metadata keys by class index. Scores are strings, as Spark NLP writes them
+    (``score.toString``): the shortest decimal that reads back as the same float32."""
+    best = predictions[0].label
+    return {"annotatorType": "category", "begin": 0, "end": len(best) - 1, "result": best,
+            "metadata": {keys[p.index]: _java_float(p.score) for p in predictions},
+            "embeddings": []}
+
+
+def _java_float(x: float) -> str:
+    """A float32 in the notation of Java's Float.toString: plain for 10^-3 <= |x| < 10^7
+    (``0.25``, ``1.0``), else ``d.dddE<exp>`` (``1.5E-4``); the shortest round-tripping digits."""
+    x = np.float32(x)
+    if x == 0 or 1e-3 <= abs(x) < 1e7:
+        text = np.format_float_positional(x, unique=True, trim="0")
+        return text + "0" if text.endswith(".") else text
+    mantissa, exponent = np.format_float_scientific(x, unique=True, trim="0").split("e")
+    mantissa = mantissa + "0" if mantissa.endswith(".") else mantissa
+    return f"{mantissa}E{int(exponent)}"
+
+
+def _arrow_annotation_type():
+    import pyarrow as pa
+
+    return pa.list_(pa.struct([
+        pa.field("annotatorType", pa.string()), pa.field("begin", pa.int32(), nullable=False),
+        pa.field("end", pa.int32(), nullable=False), pa.field("result", pa.string()),
+        pa.field("metadata", pa.map_(pa.string(), pa.string())),
+        pa.field("embeddings", pa.list_(pa.field("element", pa.float32(), nullable=False)))]))
 
 
 def _classify_batches(settings, batches):

@@ -10,6 +10,7 @@ import sys
 from contextlib import redirect_stdout
 
 import numpy as np
+import pytest
 from PIL import Image
 
 import convnext_np as cnp
@@ -36,7 +37,8 @@ def run_script(path, *args, cwd):
 
 def test_every_example_is_tested():
     assert sorted(p.name for p in EXAMPLES.glob("*.py")) == [
-        "classify_image.py", "export_golden.py", "extract_features.py", "switch_backends.py"]
+        "classify_image.py", "export_golden.py", "extract_features.py", "fit_head_digits.py",
+        "switch_backends.py"]
 
 
 def test_classify_image(tmp_path):
@@ -59,6 +61,18 @@ def test_switch_backends(tmp_path):
     assert re.search(r"^numpy\s+[\d.]+ ms\s+max \|logits - numpy\| 0\.00e\+00\s+agrees$", out, re.M)
     for name in backends.BACKENDS:
         assert re.search(rf"^{name}\s", out, re.M), name  # each registered backend ran or said why not
+
+
+def test_fit_head_digits(tmp_path):
+    pytest.importorskip("sklearn")
+    out = run_script(EXAMPLES / "fit_head_digits.py", "--limit", "600", "--backend", "numpy",
+                     "--work", tmp_path, cwd=tmp_path)
+    validation = float(re.search(r"validation accuracy ([\d.]+)%", out).group(1))
+    test = float(re.search(r"test images: top-1 ([\d.]+)%", out).group(1))
+    assert validation > 50 and test > 50, out  # chance is 10%
+    assert "fit_head: 10 classes, 380 training and 96 validation images" in out  # 476 of 600
+    loaded = cnp.from_pretrained(tmp_path / "digits-classifier")
+    assert [loaded.config.id2label[i] for i in range(10)] == [str(d) for d in range(10)]
 
 
 def test_export_golden(tmp_path):

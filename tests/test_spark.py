@@ -261,3 +261,57 @@ def test_driver_side_checks(spark):
 def test_import_convnext_np_does_not_import_pyspark():
     code = "import sys, convnext_np; assert 'pyspark' not in sys.modules, 'pyspark imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# --- outputMode="annotations": Spark NLP's Annotation shape --------------------------------------
+def test_annotations_are_spark_nlp_shaped_and_carry_every_score(spark, model, image_dir):
+    df = spark.read.format("binaryFile").load(str(image_dir))
+    clf = ImageClassifier(modelPath=MODEL, inputCol="content", outputCol="class",
+                          outputMode="annotations", backend="numpy", batchSize=3)
+    out = clf.transform(df)
+    struct = out.schema["class"].dataType.elementType
+    assert struct.names == ["annotatorType", "begin", "end", "result", "metadata", "embeddings"]
+    assert [f.dataType.simpleString() for f in struct.fields] == [
+        "string", "int", "int", "string", "map<string,string>", "array<float>"]
+    rows = by_name(out.select("path", "class", "class.result", "error").collect(), "path")
+    labels = set(model.config.id2label.values())
+    for p in IMAGES:
+        row = rows[p.name]
+        expected = cnp.classify(p, model=model, top_k=model.config.num_labels)
+        (a,) = row["class"]
+        assert row.result == [expected[0].label] and row.error is None  # class.result, unchanged
+        assert (a.annotatorType, a.begin, a.end) == ("category", 0, len(expected[0].label) - 1)
+        assert set(a.metadata) == labels  # every class, keyed by its label
+        assert {k: float(v) for k, v in a.metadata.items()} == \
+            pytest.approx({q.label: q.score for q in expected}, rel=0, abs=1e-6)
+        assert a.embeddings == []
+    assert rows["broken.png"]["class"] is None and "broken.png" in rows["broken.png"].error
+    with pytest.raises(ValueError, match="outputMode"):
+        ImageClassifier(modelPath=MODEL, inputCol="content", outputMode="nlp").transform(df)
+
+
+def test_a_label_two_classes_share_is_keyed_by_index_too():
+    from convnext_np.spark import _java_float, _metadata_keys
+
+    assert _metadata_keys({0: "crane", 1: "tench", 2: "crane"}) == ("crane (0)", "tench", "crane (2)")
+    assert [_java_float(x) for x in (0.0, 1.0, 0.25, 1.5e-4, 0.001, 1e7)] == \
+        ["0.0", "1.0", "0.25", "1.5E-4", "0.001", "1.0E7"]
+
+
+def test_the_spark_doc_aggregation_equals_evaluate(spark, model, tmp_path):
+    import re
+
+    text = (Path(__file__).parent.parent / "docs" / "spark.md").read_text(encoding="utf-8")
+    code = re.search(r"## Evaluate on a DataFrame.*?```python\n(.*?)```", text, re.S).group(1)
+    preds = cnp.classify([str(p) for p in PNGS], model=model, top_k=3)
+    for p, pred, rank in zip(PNGS, preds, [0, 1, 2, 0]):  # filed under its 1st, 2nd, 3rd label
+        (tmp_path / pred[rank].label).mkdir(exist_ok=True)
+        shutil.copy(p, tmp_path / pred[rank].label / p.name)
+    code = code.replace('"/data/val"', repr(str(tmp_path))).replace('"/models/my-classifier"', repr(MODEL))
+    code = code.replace('outputMode="annotations")', 'outputMode="annotations", backend="numpy")')
+    namespace = {"spark": spark}
+    exec(compile(code, "docs/spark.md", "exec"), namespace)
+    report = cnp.evaluate(tmp_path, model)
+    assert namespace["top1"] == pytest.approx(report.top1)
+    per_class = {r.truth: (r.n, r.top1) for r in namespace["per_class"].collect()}
+    assert per_class == {k: (v["n"], pytest.approx(v["top1"])) for k, v in report.per_class.items()}

@@ -1,0 +1,137 @@
+"""The Numba compile: never silent, never in the way of ``backend="auto"``, once per machine."""
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from convnext_np import backends, warmup
+from tests.conftest import FIXTURES, ROOT, REFERENCE
+
+numba = pytest.importorskip("numba")
+pytestmark = pytest.mark.skipif(numba.config.DISABLE_JIT, reason="nothing compiles without the JIT")
+
+
+def run_python(code, **env):
+    full_env = {k: v for k, v in os.environ.items() if k != "CONVNEXT_NP_BACKEND"}
+    full_env.update(env)
+    full_env["PYTHONPATH"] = os.pathsep.join([str(ROOT), full_env.get("PYTHONPATH", "")])
+    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
+                          env=full_env, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout, proc.stderr
+
+
+# What a fresh process reports: how its first call was served, against the NumPy backend.
+FIRST_CALL = f"""
+    import json, numpy as np, numba
+    import convnext_np as cnp
+    from convnext_np import kernels
+    from convnext_np.testing import random_pixels
+    x = random_pixels((1, 3, 64, 96), seed=1)
+    model = cnp.from_pretrained({str(FIXTURES / "hf-safetensors")!r})
+    logits = model(x).logits
+    numpy_logits = cnp.from_pretrained({str(FIXTURES / "hf-safetensors")!r}, backend="numpy")(x).logits
+    dispatchers = [f for f in vars(kernels).values() if isinstance(f, numba.core.registry.CPUDispatcher)]
+    print(json.dumps({{"backend": model.backend, "same_as_numpy": bool(np.array_equal(logits, numpy_logits)),
+                      "compiled": sum(sum(f.stats.cache_misses.values()) for f in dispatchers),
+                      "loaded": sum(sum(f.stats.cache_hits.values()) for f in dispatchers)}}))
+"""
+
+# After the warm-up: the full-size model at batch 1 and 8 loads every kernel and compiles none.
+FULL_SIZE = f"""
+    import json, numba
+    import convnext_np as cnp
+    from convnext_np import kernels, weights
+    from convnext_np.testing import random_pixels, realistic_state_dict
+    meta = json.load(open({str(REFERENCE / "tiny-hf.json")!r}))
+    config = cnp.ConvNextConfig.from_variant("tiny")
+    model = cnp.ConvNeXt(config, weights.to_params(realistic_state_dict(meta["tensors"], 0), config, "tiny"),
+                         backend="numba")
+    for batch in (1, 8):
+        model(random_pixels((batch, 3, 224, 224)))
+    dispatchers = [f for f in vars(kernels).values() if isinstance(f, numba.core.registry.CPUDispatcher)]
+    print(json.dumps({{"compiled": sum(sum(f.stats.cache_misses.values()) for f in dispatchers),
+                      "loaded": sum(sum(f.stats.cache_hits.values()) for f in dispatchers)}}))
+"""
+
+
+def test_auto_serves_with_numpy_until_the_background_compile_is_done(tmp_path):
+    cache = tmp_path / "numba-cache"
+    out, err = run_python(FIRST_CALL, NUMBA_CACHE_DIR=str(cache))
+    first = json.loads(out)
+    assert first == {"backend": "numba", "same_as_numpy": True, "compiled": 0, "loaded": 0}
+    assert "compiling the Numba kernels in the background" in err
+
+    deadline = time.monotonic() + 900  # the detached warm-up outlived the process that started it
+    while not list(cache.rglob(warmup.MARKER)):
+        assert time.monotonic() < deadline, "the background warm-up did not finish"
+        time.sleep(1)
+    marker = json.loads(next(cache.rglob(warmup.MARKER)).read_text())
+    assert marker["seconds"] > 0
+
+    out, err = run_python(FIRST_CALL, NUMBA_CACHE_DIR=str(cache))
+    warm = json.loads(out)
+    assert warm["compiled"] == 0 and warm["loaded"] > 0, warm  # Numba served, from the cache
+    assert "compiling" not in err
+
+    out, _ = run_python(FULL_SIZE, NUMBA_CACHE_DIR=str(cache), NUMBA_NUM_THREADS="2")
+    full = json.loads(out)
+    assert full["compiled"] == 0 and full["loaded"] > 0, full
+
+
+def test_numba_by_name_compiles_in_the_call_and_says_so(monkeypatch, caplog):
+    monkeypatch.setattr(warmup, "_announced", set())
+    monkeypatch.setattr(warmup, "ready", lambda: False)
+    started, compiled = [], []
+    monkeypatch.setattr(warmup.subprocess, "Popen", lambda *a, **k: started.append(a))
+    monkeypatch.setattr(warmup, "run", lambda wait=False: compiled.append(wait))
+    with caplog.at_level(logging.WARNING, logger="convnext_np"):
+        assert backends.serving("numba", by_name=True) == "numba"
+        assert backends.serving("numba", by_name=True) == "numba"
+    assert compiled == [True, True]  # in the call, after any compile running elsewhere
+    assert len(caplog.records) == 1 and "before the first call" in caplog.records[0].getMessage()
+    assert not started
+
+    with caplog.at_level(logging.WARNING, logger="convnext_np"):
+        assert backends.serving("numba", by_name=False) == "numpy"
+        assert backends.serving("numba", by_name=False) == "numpy"
+    assert len(started) == 1  # one background warm-up per process
+    assert "in the background" in caplog.records[-1].getMessage()
+    assert backends.serving("numpy", by_name=False) == "numpy"
+
+
+def test_the_estimate_is_the_last_compile_measured_here(tmp_path, monkeypatch):
+    monkeypatch.setattr(warmup, "_cache_dir", lambda: tmp_path)
+    assert warmup.estimate() == warmup.FIRST_ESTIMATE
+    (tmp_path / warmup.MARKER).write_text(json.dumps({"key": {"stale": True}, "seconds": 41.7}))
+    assert warmup.estimate() == "about 42 s"
+    monkeypatch.setattr(warmup, "_ready", False)
+    assert not warmup.ready()  # a marker made for other kernels (an upgrade) is not warm
+
+
+def test_one_warm_up_per_machine_at_a_time(tmp_path):
+    probe = f"""
+        from pathlib import Path
+        from convnext_np import warmup
+        with warmup._exclusive(Path({str(tmp_path)!r}), wait=False) as mine:
+            print(mine)
+    """
+    with warmup._exclusive(tmp_path, wait=False) as mine:
+        assert mine
+        assert run_python(probe)[0].strip() == "False"
+    assert run_python(probe)[0].strip() == "True"
+
+
+def test_chosen_by_name(monkeypatch):
+    monkeypatch.delenv("CONVNEXT_NP_BACKEND", raising=False)
+    assert not backends.chosen_by_name("auto")
+    assert backends.chosen_by_name("numba") and backends.chosen_by_name("numpy")
+    monkeypatch.setenv("CONVNEXT_NP_BACKEND", "numba")
+    assert backends.chosen_by_name("auto")
+
