@@ -298,3 +298,21 @@ def test_golden_bundles_for_the_family(case, tmp_path):
         assert ("pooled" in manifest["tensors"]) == model.config.final_norm
         report = golden.check_bundle(out_dir, model)
         assert report.ok, str(report)
+
+
+def test_a_new_head_on_family_members():
+    """fit_head's classifier on DINOv3 makes transformers' ConvNeXt classifier (pool, final norm,
+    Linear), on an MLP head it takes the MLP's width; a Backbone has no pooled features to fit on."""
+    from convnext_np.head import with_head
+
+    x = random_pixels((1, 3, 64, 64), 9)
+    dino = cnp.from_pretrained(FAMILY / "hf-dinov3")
+    classifier = with_head(dino, np.eye(3, 44, dtype=np.float32), np.zeros(3, np.float32), ["a", "b", "c"])
+    assert classifier.config.model_type == "convnext"
+    assert classifier.config.to_dict()["architectures"] == ["ConvNextForImageClassification"]
+    assert_allclose(classifier(x).logits, dino(x).pooled[:, :3], rtol=0, atol=1e-6)
+    mlp = cnp.from_pretrained(FAMILY / "timm-mlp-head")
+    assert with_head(mlp, np.ones((2, 24), np.float32), np.zeros(2, np.float32), ["a", "b"])(x).logits.shape == (1, 2)
+    with pytest.raises(ValueError, match="Backbone checkpoint has no final LayerNorm"):
+        cnp.fit_head(cnp.from_pretrained(FAMILY / "hf-backbone"), [str(ROOT / "tests" / "data" / "images" / "chelsea.png")],
+                     ["cat"])
