@@ -20,6 +20,7 @@ from safetensors.numpy import save_file
 from . import torch_pickle, weights
 from .config import VARIANTS, ConvNextConfig, read_json_object
 from .errors import WeightsError
+from .guards import check_num_labels, read_json_file
 from .labels import imagenet_labels
 from .model import ConvNeXt
 from .preprocess import ImageProcessor
@@ -51,11 +52,20 @@ def read_state_dict(path: Path) -> dict:
 
 
 def _read_sharded(index_path: Path) -> dict:
-    try:
-        weight_map = json.loads(index_path.read_text(encoding="utf-8"))["weight_map"]
-        shards = sorted(set(weight_map.values()))
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
-        raise WeightsError(f"{index_path}: not a valid shard index: {e!r}") from None
+    """The tensors of every shard an index lists. A shard is a weights file beside the index
+    (never another index: an index listing itself would recurse forever)."""
+    index = read_json_file(index_path, "shard index")
+    weight_map = index.get("weight_map") if isinstance(index, dict) else None
+    if not (isinstance(weight_map, dict)
+            and all(isinstance(v, str) for v in weight_map.values())):
+        raise WeightsError(f"{index_path}: not a valid shard index: expected "
+                           '{"weight_map": {tensor name: shard file name}}')
+    shards = sorted(set(weight_map.values()))
+    for shard in shards:
+        if Path(shard).name != shard or shard.endswith(".index.json") \
+                or not shard.endswith((".safetensors", *PICKLE_SUFFIXES)):
+            raise WeightsError(f"{index_path}: shard {shard!r} is not a weights file name "
+                               "beside the index")
     state_dict = {}
     for shard in shards:
         shard_path = index_path.parent / shard
@@ -88,6 +98,8 @@ def _config_from_tensors(arch: dict, scheme: str, labels=None) -> ConvNextConfig
     1000 or 21841 classes, else ``LABEL_i``.
     """
     num_labels = arch["num_labels"]
+    if labels is not None and not (isinstance(labels, list) and all(isinstance(v, str) for v in labels)):
+        raise WeightsError(f"label_names must be a list of strings, got {labels!r:.80}")
     if labels is None or len(labels) != num_labels:
         labels = imagenet_labels(num_labels) or [f"LABEL_{i}" for i in range(num_labels)]
     eps = weights.default_norm_eps(arch["hidden_sizes"])
@@ -95,6 +107,13 @@ def _config_from_tensors(arch: dict, scheme: str, labels=None) -> ConvNextConfig
     head_eps = ConvNextConfig.layer_norm_eps if scheme == "hf" else eps
     return ConvNextConfig(depths=arch["depths"], hidden_sizes=arch["hidden_sizes"], norm_eps=eps,
                           layer_norm_eps=head_eps, id2label=dict(enumerate(labels)))
+
+
+def _check_finite(tensors: dict, where: str) -> None:
+    """Refuse NaN or infinite weights, naming the tensor: they would give NaN scores silently."""
+    for name, value in tensors.items():
+        if np.issubdtype(value.dtype, np.floating) and not np.isfinite(value).all():
+            raise WeightsError(f"{where}: tensor {name!r} holds NaN or infinite values")
 
 
 def load_local(path: Path, *, backend: str = "auto", num_threads: int | None = None) -> ConvNeXt:
@@ -107,6 +126,8 @@ def load_local(path: Path, *, backend: str = "auto", num_threads: int | None = N
     scheme = weights.detect_scheme(state_dict, where)
     hf = weights.to_hf_names(state_dict, scheme, where)
     arch = weights.infer_architecture(hf, where)
+    check_num_labels(arch["num_labels"], f"{where}: classifier")
+    _check_finite(hf, where)
 
     if config_json is not None and "architecture" in config_json:  # timm layout
         if not str(config_json["architecture"]).startswith("convnext"):
@@ -122,7 +143,10 @@ def load_local(path: Path, *, backend: str = "auto", num_threads: int | None = N
         if declared != arch["num_labels"]:
             raise WeightsError(f"{path / 'config.json'}: num_classes is {declared}, but the "
                                f"head in {where} has {arch['num_labels']} classes")
-        config = _config_from_tensors(arch, scheme, config_json.get("label_names"))
+        try:
+            config = _config_from_tensors(arch, scheme, config_json.get("label_names"))
+        except WeightsError as e:
+            raise WeightsError(f"{path / 'config.json'}: {e}") from None
     elif config_json is not None:  # Hugging Face layout
         model_type = config_json.get("model_type")
         if model_type != "convnext":
@@ -184,6 +208,9 @@ def from_pretrained(source, *, revision: str = "main", cache_dir=None, backend: 
     downloaded (:func:`convnext_np.hub.resolve`); ``revision`` and ``cache_dir`` apply to names.
     ``num_threads`` sets the threads of every forward pass (:mod:`convnext_np.threads`).
     """
+    if not os.fspath(source).strip():
+        raise WeightsError("empty model name: give a hub id, a timm name, an alias, or a path "
+                           "(\".\" for the current directory)")
     path = Path(os.fspath(source)).expanduser()
     if path.exists():
         return load_local(path, backend=backend, num_threads=num_threads)

@@ -50,6 +50,7 @@ import numpy as np
 from .backends import BACKENDS
 from .classify import DEFAULT_MODEL, iter_classify
 from .errors import ImageError
+from .guards import decoding
 from .model import MIN_INPUT_SIZE
 from .preprocess import ImageProcessor
 
@@ -386,10 +387,8 @@ def _open_encoded(content: bytes):
     the preprocessor, after its pixel-count check)."""
     from PIL import Image
 
-    try:
+    with decoding(None):
         return Image.open(io.BytesIO(content))
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-        raise ImageError(f"cannot read image: {e}") from None
 
 
 def _where(settings, batch, i) -> str:
@@ -411,9 +410,10 @@ def _decode(settings, column, i):
         return _open_encoded(value.as_buffer())
     data = value["data"]
     mode = value["mode"].as_py() if "mode" in [f.name for f in value.type] else None
-    return spark_image_to_array(value["height"].as_py(), value["width"].as_py(),
-                                value["nChannels"].as_py(), mode,
-                                data.as_buffer() if data.is_valid else None)
+    with decoding(None):  # a row of unexpected types is that row's error, not the job's
+        return spark_image_to_array(value["height"].as_py(), value["width"].as_py(),
+                                    value["nChannels"].as_py(), mode,
+                                    data.as_buffer() if data.is_valid else None)
 
 
 def _message(error, image, where: str) -> str:
