@@ -127,7 +127,7 @@ def load_local(path: Path, *, backend: str = "auto", num_threads: int | None = N
     hf = weights.to_hf_names(state_dict, scheme, where)
     arch = weights.infer_architecture(hf, where)
     check_num_labels(arch["num_labels"], f"{where}: classifier")
-    _check_finite(hf, where)
+    _check_finite(state_dict, where)
 
     if config_json is not None and "architecture" in config_json:  # timm layout
         if not str(config_json["architecture"]).startswith("convnext"):

@@ -26,6 +26,7 @@ loads the model once (a module-level cache), from the path on the executor's dis
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 import io
@@ -478,7 +479,10 @@ def _arrow_prediction_type():
 def _classify_batches(settings, batches):
     """The mapInArrow function: runs in the executor's Python worker, once per partition."""
     model = _get_model(settings.model_path, settings.backend, settings.overrides)
-    _set_threads(_task_cpus(), model.backend)
+    cpus = _task_cpus()
+    _set_threads(cpus, model.backend)
+    model = copy.copy(model)  # the cached model, run on this task's threads (convnext_np.threads)
+    model.num_threads = cpus
     for batch in batches:
         if batch.num_rows:
             yield _classify_batch(settings, model, batch)

@@ -128,6 +128,13 @@ class _DTypeStandIn:
         self.dtype = self.dtype.newbyteorder(order if order in "<>" else "=")
 
 
+def _latin1(text, encoding):
+    """``_codecs.encode(text, "latin1")``: how protocol 2 stores the bytes of a NumPy scalar."""
+    if not (isinstance(text, str) and encoding in ("latin1", "latin-1")):
+        raise WeightsError(f"refusing _codecs.encode with {encoding!r:.40}")
+    return text.encode("latin1")
+
+
 def _numpy_scalar(dtype, data=None):
     """``numpy.core.multiarray.scalar(dtype, bytes)``: the scalar decoded from its bytes."""
     if not isinstance(dtype, _DTypeStandIn) or not isinstance(data, bytes) \
@@ -146,6 +153,7 @@ ALLOWED_GLOBALS = {
     ("numpy", "dtype"): _DTypeStandIn,
     ("numpy.core.multiarray", "scalar"): _numpy_scalar,
     ("numpy._core.multiarray", "scalar"): _numpy_scalar,
+    ("_codecs", "encode"): _latin1,
 }
 
 
