@@ -571,6 +571,50 @@ def test_concurrent_num_threads_calls_restore_blas(monkeypatch):
     assert all(count <= 2 for _, count in seen) and len(seen) == 31
 
 
+def test_overlapping_num_threads_calls_restore_blas_in_any_order(monkeypatch):
+    """A (1 thread) starts, B (2 threads) starts, A returns, B returns: the count must come back
+    to what it was before A, not to the 1 that B found when it started."""
+    if threads.blas_threads() is None:
+        pytest.skip("NumPy does not use OpenBLAS here")
+    from convnext_np import backends
+
+    original = threads.blas_threads()
+    threads._BLAS[1](3)  # a count that neither call asks for
+    a_in, b_in, a_out = threading.Event(), threading.Event(), threading.Event()
+    module = backends.get("numpy")
+    pool, seen = module.global_avg_pool, {}
+
+    def hook(x):
+        name = threading.current_thread().name
+        seen[name] = threads.blas_threads()
+        if name == "A":
+            a_in.set()
+            assert b_in.wait(30)
+        else:
+            b_in.set()
+            assert a_out.wait(30)
+            seen["B after A"] = threads.blas_threads()
+        return pool(x)
+
+    monkeypatch.setattr(module, "global_avg_pool", hook)
+    x = np.random.default_rng(0).standard_normal((1, 3, 64, 64)).astype(np.float32)
+    models = {n: cnp.from_pretrained(MODEL, backend="numpy", num_threads=n) for n in (1, 2)}
+
+    def a():
+        models[1](x)
+        a_out.set()
+
+    try:
+        ta = threading.Thread(target=a, name="A")
+        tb = threading.Thread(target=lambda: (a_in.wait(30), models[2](x)), name="B")
+        ta.start(), tb.start()
+        ta.join(60), tb.join(60)
+        assert seen == {"A": 1, "B": 1, "B after A": 2}  # the smallest count while both run
+        assert threads.blas_threads() == 3
+    finally:
+        threads._BLAS[1](original)
+
+
 def test_omp_num_threads_reaches_numba_in_every_calling_thread(monkeypatch):
     numba = pytest.importorskip("numba")
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
