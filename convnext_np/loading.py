@@ -98,8 +98,6 @@ def _config_from_tensors(arch: dict, scheme: str, labels=None) -> ConvNextConfig
     1000 or 21841 classes, else ``LABEL_i``.
     """
     num_labels = arch["num_labels"]
-    if labels is not None and not (isinstance(labels, list) and all(isinstance(v, str) for v in labels)):
-        raise WeightsError(f"label_names must be a list of strings, got {labels!r:.80}")
     if labels is None or len(labels) != num_labels:
         labels = imagenet_labels(num_labels) or [f"LABEL_{i}" for i in range(num_labels)]
     eps = weights.default_norm_eps(arch["hidden_sizes"])
@@ -143,10 +141,11 @@ def load_local(path: Path, *, backend: str = "auto", num_threads: int | None = N
         if declared != arch["num_labels"]:
             raise WeightsError(f"{path / 'config.json'}: num_classes is {declared}, but the "
                                f"head in {where} has {arch['num_labels']} classes")
-        try:
-            config = _config_from_tensors(arch, scheme, config_json.get("label_names"))
-        except WeightsError as e:
-            raise WeightsError(f"{path / 'config.json'}: {e}") from None
+        labels = config_json.get("label_names")
+        if labels is not None and not (isinstance(labels, list) and all(isinstance(v, str) for v in labels)):
+            raise WeightsError(f"{path / 'config.json'}: label_names must be a list of strings, "
+                               f"got {labels!r:.80}")
+        config = _config_from_tensors(arch, scheme, labels)
     elif config_json is not None:  # Hugging Face layout
         model_type = config_json.get("model_type")
         if model_type != "convnext":
