@@ -344,6 +344,14 @@ def test_features_onto_a_directory_fails_before_compute(capsys, tmp_path, no_mod
     assert code == 2 and "is a directory" in capsys.readouterr().err
 
 
+def test_features_into_an_unwritable_folder_fails_before_compute(capsys, no_model_load):
+    folder = Path("/proc/1")  # not writable, not even by root
+    if not folder.is_dir() or os.access(folder, os.W_OK):
+        pytest.skip("no unwritable folder at hand")
+    code = main(["features", str(PHOTO), "--model", str(MODEL), "-o", str(folder / "f.npy")])
+    assert code == 2 and "not writable" in capsys.readouterr().err
+
+
 def test_convert_and_golden_onto_an_existing_file_exit_2(capsys, tmp_path, no_model_load):
     (tmp_path / "taken").write_text("a file")
     assert main(["convert", str(MODEL), str(tmp_path / "taken")]) == 2
