@@ -1,8 +1,11 @@
 """The ``convnext-np`` command line: classify, features, convert, info, evaluate, fit-head,
 golden, verify.
 
-Exit status (``shared/api.md``): 0 when every input was handled, 1 when any input failed (the
-others are still reported), 2 for usage errors or a model that cannot be loaded.
+Exit status: 0 when every input was handled, 1 when any input failed (the others are still
+reported), 2 for usage errors (no image files found, an output that cannot be written, a model
+without the head a command needs) or a model that cannot be loaded. Output destinations are
+checked before any compute. When the reader of stdout goes away (``| head``) the command stops
+quietly with 141 (128 + SIGPIPE), as Unix tools do.
 """
 
 from __future__ import annotations
@@ -23,10 +26,13 @@ from .config import VARIANTS, ConvNextConfig
 from .family import describe
 from .errors import ConvNextError, ImageError
 from .golden import add_golden_parser
+from .guards import check_output_dir, check_output_file
+from .model import MIN_INPUT_SIZE
 from .published import add_verify_parser
 from .summary import stage_rows
 
 EXIT_OK, EXIT_INPUT_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_BROKEN_PIPE = 128 + 13  # what a shell reports for a tool killed by SIGPIPE
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".tif", ".tiff", ".webp", ".ppm",
                   ".pgm", ".pbm", ".ico", ".jfif"}
 
@@ -84,6 +90,17 @@ def _report_load_error(args, error) -> None:
     print(f"convnext-np: error: cannot load model {args.model!r}: {error}", file=sys.stderr)
 
 
+def report_no_images() -> int:
+    """The one rule for every command that takes images: none found is a usage error (2)."""
+    print("convnext-np: error: no image files found in the given paths", file=sys.stderr)
+    return EXIT_USAGE
+
+
+def _output_error(option: str, error) -> int:
+    print(f"convnext-np: error: {option} {error}", file=sys.stderr)
+    return EXIT_USAGE
+
+
 def _progress_enabled(args) -> bool:
     return sys.stderr.isatty() if args.progress is None else args.progress
 
@@ -129,9 +146,12 @@ class _Writer:
 def cmd_classify(args) -> int:
     paths = expand_paths(args.paths)
     if not paths:
-        print("convnext-np: error: no image files found in the given paths", file=sys.stderr)
-        return EXIT_INPUT_FAILED
+        return report_no_images()
     model = _load(args)
+    if model.config.num_labels == 0:
+        print(f"convnext-np: error: model {args.model!r} has no classification head (a "
+              "backbone); use `convnext-np features` for its pooled features", file=sys.stderr)
+        return EXIT_USAGE
     writer, progress, failed = _Writer(args.format), Progress(len(paths), _progress_enabled(args)), 0
     for path, predictions, error in iter_classify(paths, model, args.top_k, args.batch_size):
         if error is not None:
@@ -149,7 +169,13 @@ def cmd_features(args) -> int:
     if out.suffix not in (".npy", ".safetensors"):
         print("convnext-np: error: --out must end in .npy or .safetensors", file=sys.stderr)
         return EXIT_USAGE
+    try:
+        check_output_file(out)
+    except ConvNextError as e:
+        return _output_error("--out", e)
     paths = expand_paths(args.paths)
+    if not paths:
+        return report_no_images()
     model = _load(args)
     if not model.config.final_norm:
         print(f"convnext-np: error: {args.model} is a Backbone checkpoint (no final LayerNorm), so it "
@@ -186,6 +212,10 @@ def cmd_features(args) -> int:
 
 # --- convert, info ----------------------------------------------------------------------------
 def cmd_convert(args) -> int:
+    try:
+        check_output_dir(args.out)
+    except ConvNextError as e:
+        return _output_error("output directory", e)
     model = _load(args)
     model.save_pretrained(args.out)
     for name in sorted(os.listdir(args.out)):
@@ -296,13 +326,23 @@ def _positive(text: str) -> int:
     return value
 
 
+def _input_side(text: str) -> int:
+    value = int(text)
+    if value < MIN_INPUT_SIZE:
+        raise argparse.ArgumentTypeError(f"must be at least {MIN_INPUT_SIZE} (ConvNeXt "
+                                         f"downsamples by 32), got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="convnext-np",
         description="ConvNeXt in NumPy: classify images, extract features, convert weights, "
                     "evaluate accuracy, fit new heads.",
-        epilog="exit status: 0 all inputs handled, 1 some input failed, 2 usage error or the "
-               "model could not be loaded")
+        epilog="exit status: 0 all inputs handled, 1 some input failed, 2 usage error (no "
+               "image files found, an output that cannot be written, a model without the head "
+               "the command needs) or the model could not be loaded; 141 when stdout's reader "
+               "goes away (| head), as Unix tools do. Outputs are checked before any compute.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     raw = argparse.RawDescriptionHelpFormatter
 
@@ -365,8 +405,10 @@ def build_parser() -> argparse.ArgumentParser:
             ["convnext-np info tiny", "convnext-np info base --size 384",
              "convnext-np info ./my-checkpoint --size 224 --width 320"], cmd_info)
     p.add_argument("model", help=f"a variant ({', '.join(VARIANTS)}) or a model")
-    p.add_argument("--size", type=_positive, default=224, help="input height (default: 224)")
-    p.add_argument("--width", type=_positive, default=None, help="input width (default: = size)")
+    p.add_argument("--size", type=_input_side, default=224,
+                   help=f"input height, at least {MIN_INPUT_SIZE} (default: 224)")
+    p.add_argument("--width", type=_input_side, default=None,
+                   help=f"input width, at least {MIN_INPUT_SIZE} (default: = size)")
     p.add_argument("--backend", default="numpy", help=argparse.SUPPRESS)
 
     from .preprocess import PROFILES
@@ -439,12 +481,31 @@ def main(argv=None) -> int:
         logging.getLogger("convnext_np").addHandler(_LOG_HANDLER)
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
+        code = args.func(args)
+        sys.stdout.flush()  # a closed pipe or a full disk shows here, not at interpreter exit
+        return code
     except ModelLoadError as e:
         _report_load_error(args, e)
         return EXIT_USAGE
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        _discard_stdout()
+        return EXIT_BROKEN_PIPE
+    except OSError as e:  # the output could not be written: /dev/full, a disk that filled up
+        _discard_stdout()
+        print(f"convnext-np: error: cannot write the output: {e}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+def _discard_stdout() -> None:
+    """Point stdout at /dev/null, so that Python's final flush of what is still buffered does
+    not fail again (the Python documentation's advice for SIGPIPE, "Note on SIGPIPE")."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # stdout is not a file (captured in tests)
+        pass
 
 
 if __name__ == "__main__":

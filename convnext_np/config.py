@@ -19,6 +19,7 @@ import os
 from dataclasses import dataclass, field
 
 from .errors import WeightsError
+from .guards import check_num_labels, read_json_file
 
 # name: (depths, hidden_sizes, conv_mlp, norm_eps). Paper Table 9 and timm's convnext.py; the
 # timm originals (atto .. nano) store the pointwise MLP as 1x1 convs (conv_mlp=True).
@@ -57,12 +58,9 @@ def _is_number(v) -> bool:
 
 
 def read_json_object(path) -> dict:
-    """A JSON file that must hold an object; WeightsError naming the file otherwise."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            d = json.load(f)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise WeightsError(f"{path}: cannot read config: {e}") from None
+    """A JSON file that must hold an object (bounded depth, finite numbers:
+    :func:`convnext_np.guards.load_json`); WeightsError naming the file otherwise."""
+    d = read_json_file(path, "config")
     if not isinstance(d, dict):
         raise WeightsError(f"{path}: config must be a JSON object, got {type(d).__name__}")
     return d
@@ -118,6 +116,7 @@ class ConvNextConfig:
                 raise WeightsError(f"invalid ConvNeXt config: {name} must be a number in (0, 1), got {value!r}")
         if not isinstance(self.id2label, dict) or not isinstance(self.extra, dict):
             raise WeightsError("invalid ConvNeXt config: id2label must be a JSON object")
+        check_num_labels(len(self.id2label), "invalid ConvNeXt config: id2label")
         self.id2label = {int(k): str(v) for k, v in self.id2label.items()}
         self.validate()
 
@@ -194,7 +193,7 @@ class ConvNextConfig:
         d.pop("label2id", None)  # derived from id2label
         if id2label is None:
             # transformers falls back to num_labels generic labels (default 2).
-            n = int(d.pop("num_labels", 2))
+            n = check_num_labels(d.pop("num_labels", 2), "invalid ConvNeXt config: num_labels")
             id2label = {i: f"LABEL_{i}" for i in range(n)}
         else:
             d.pop("num_labels", None)

@@ -34,6 +34,7 @@ import numpy as np
 from . import model as model_mod
 from . import ops
 from .errors import ConvNextError, ImageError
+from .guards import check_output_dir, read_json_file
 from .model import ConvNeXt, ConvNextOutput
 from .testing import HIDDEN_RTOL, LOGITS_ATOL, PIXEL_ATOL, POOLED_ATOL
 
@@ -322,14 +323,41 @@ def read_bundle(bundle_dir) -> tuple:
     from .safetensors_file import SafetensorsFile
 
     bundle_dir = Path(bundle_dir)
-    try:
-        manifest = json.loads((bundle_dir / MANIFEST_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise ConvNextError(f"{bundle_dir / MANIFEST_FILE}: cannot read the manifest: {e}") from None
-    if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
+    manifest = read_json_file(bundle_dir / MANIFEST_FILE, "the manifest", ConvNextError)
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT \
+            or manifest.get("format_version") != FORMAT_VERSION:
         raise ConvNextError(f"{bundle_dir / MANIFEST_FILE}: not a {FORMAT} version {FORMAT_VERSION}")
+    _check_manifest(manifest, bundle_dir / MANIFEST_FILE)
     f = SafetensorsFile(bundle_dir / TENSORS_FILE)
     return manifest, {k: f.tensor(k) for k in f.keys()}
+
+
+def _check_manifest(manifest: dict, where) -> None:
+    """Every field :func:`check_bundle` reads is there, with its type."""
+    def need(cond, what):
+        if not cond:
+            raise ConvNextError(f"{where}: the manifest lacks {what}")
+
+    def number(v):
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+    compute, model, tensors = (manifest.get(k) for k in ("compute", "model", "tensors"))
+    need(isinstance(compute, dict) and compute.get("dtype") in ("float32", "float64"),
+         'compute.dtype ("float32" or "float64")')
+    need(isinstance(model, dict) and isinstance(model.get("name"), str)
+         and isinstance(model.get("source"), (str, type(None))), "model.name and model.source")
+    files = model.get("files")
+    need(isinstance(files, list) and all(isinstance(f, dict) and isinstance(f.get("name"), str)
+                                         and isinstance(f.get("sha256"), str) for f in files),
+         "model.files (a list of {name, sha256})")
+    need(isinstance(tensors, dict), "tensors")
+    for key, e in tensors.items():
+        need(isinstance(e, dict) and isinstance(e.get("shape"), list) and isinstance(e.get("dtype"), str)
+             and isinstance(e.get("sha256"), str) and all(number(e.get(k)) for k in ("min", "max", "mean", "std"))
+             and isinstance(e.get("tolerance"), dict)
+             and all(number(e["tolerance"].get(k)) for k in ("atol", "rtol")),
+             f"a complete entry for tensor {key!r} (shape, dtype, sha256, min, max, mean, std, "
+             "tolerance.atol, tolerance.rtol)")
 
 
 def _stats_match(x, recorded) -> bool:
@@ -422,13 +450,18 @@ def add_golden_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def golden_command(args) -> int:
-    """``convnext-np golden``: 0 written, 1 an image could not be read, 2 no model or no images."""
-    from .cli import expand_paths, load_or_report
+    """``convnext-np golden``: 0 written, 1 an image could not be read, 2 no model, no images,
+    or an output directory that cannot be written (checked before the model runs)."""
+    from .cli import EXIT_USAGE, expand_paths, load_or_report, report_no_images
 
     paths = expand_paths(args.images)
     if not paths:
-        print("convnext-np: error: no image files found in the given paths", file=sys.stderr)
-        return 2
+        return report_no_images()
+    try:
+        check_output_dir(args.out)
+    except ConvNextError as e:
+        print(f"convnext-np: error: --out {e}", file=sys.stderr)
+        return EXIT_USAGE
     model = load_or_report(args)
     if model is None:
         return 2

@@ -20,6 +20,7 @@ from safetensors.numpy import save_file
 from . import backbone, family, torch_pickle, weights
 from .config import STRUCTURE_DEFAULTS, VARIANTS, ConvNextConfig, read_json_object
 from .errors import WeightsError
+from .guards import check_num_labels, read_json_file
 from .labels import imagenet_labels
 from .model import ConvNeXt
 from .preprocess import DINOV3_PREPROCESSING, ImageProcessor
@@ -51,11 +52,20 @@ def read_state_dict(path: Path) -> dict:
 
 
 def _read_sharded(index_path: Path) -> dict:
-    try:
-        weight_map = json.loads(index_path.read_text(encoding="utf-8"))["weight_map"]
-        shards = sorted(set(weight_map.values()))
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
-        raise WeightsError(f"{index_path}: not a valid shard index: {e!r}") from None
+    """The tensors of every shard an index lists. A shard is a weights file beside the index
+    (never another index: an index listing itself would recurse forever)."""
+    index = read_json_file(index_path, "shard index")
+    weight_map = index.get("weight_map") if isinstance(index, dict) else None
+    if not (isinstance(weight_map, dict)
+            and all(isinstance(v, str) for v in weight_map.values())):
+        raise WeightsError(f"{index_path}: not a valid shard index: expected "
+                           '{"weight_map": {tensor name: shard file name}}')
+    shards = sorted(set(weight_map.values()))
+    for shard in shards:
+        if Path(shard).name != shard or shard.endswith(".index.json") \
+                or not shard.endswith((".safetensors", *PICKLE_SUFFIXES)):
+            raise WeightsError(f"{index_path}: shard {shard!r} is not a weights file name "
+                               "beside the index")
     state_dict = {}
     for shard in shards:
         shard_path = index_path.parent / shard
@@ -98,6 +108,13 @@ def _config_from_tensors(arch: dict, scheme: str, labels=None) -> ConvNextConfig
                           model_type=arch.get("model_type", "convnext"), **arch["structure"])
 
 
+def _check_finite(tensors: dict, where: str) -> None:
+    """Refuse NaN or infinite weights, naming the tensor: they would give NaN scores silently."""
+    for name, value in tensors.items():
+        if np.issubdtype(value.dtype, np.floating) and not np.isfinite(value).all():
+            raise WeightsError(f"{where}: tensor {name!r} holds NaN or infinite values")
+
+
 def load_local(path: Path, *, backend: str = "auto", num_threads: int | None = None,
                out_features=None, out_indices=None) -> ConvNeXt:
     """A model from a local directory or weights file (see the module docstring)."""
@@ -109,6 +126,8 @@ def load_local(path: Path, *, backend: str = "auto", num_threads: int | None = N
     scheme = weights.detect_scheme(state_dict, where)
     hf = weights.to_hf_names(state_dict, scheme, where)
     arch = weights.infer_architecture(hf, where)
+    check_num_labels(arch["num_labels"], f"{where}: classifier")
+    _check_finite(state_dict, where)
     backbone_norms = weights.pop_backbone_norms(hf, arch["hidden_sizes"], where)
     arch["structure"] = weights.infer_structure(hf, scheme)
     # DINOv3 ConvNeXt: transformers' naming, or the original file (facebookresearch names + norms.3)
@@ -133,7 +152,11 @@ def load_local(path: Path, *, backend: str = "auto", num_threads: int | None = N
         tag = str((config_json.get("pretrained_cfg") or {}).get("tag", ""))
         if tag.startswith("dinov3"):  # timm's convnext_*.dinov3_lvd1689m: DINOv3 ConvNeXt weights
             arch["model_type"] = "dinov3_convnext"
-        config = _config_from_tensors(arch, scheme, config_json.get("label_names"))
+        labels = config_json.get("label_names")
+        if labels is not None and not (isinstance(labels, list) and all(isinstance(v, str) for v in labels)):
+            raise WeightsError(f"{path / 'config.json'}: label_names must be a list of strings, "
+                               f"got {labels!r:.80}")
+        config = _config_from_tensors(arch, scheme, labels)
     elif config_json is not None and config_json.get("model_type") == "dinov3_convnext":
         config = ConvNextConfig.from_dict(config_json, where=path / "config.json")
         config.id2label = {}  # DINOv3ConvNextModel has no head
@@ -256,6 +279,9 @@ def from_pretrained(source, *, revision: str = "main", cache_dir=None, backend: 
     ``out_features`` (stage names) or ``out_indices`` pick the maps of ``out.feature_maps``, as
     transformers' Backbone classes do (:mod:`convnext_np.backbone`).
     """
+    if not os.fspath(source).strip():
+        raise WeightsError("empty model name: give a hub id, a timm name, an alias, or a path "
+                           "(\".\" for the current directory)")
     path = Path(os.fspath(source)).expanduser()
     if path.exists():
         return load_local(path, backend=backend, num_threads=num_threads,

@@ -13,14 +13,18 @@ then ``tf.image.central_crop``; see :func:`tf_resize_bicubic`.
 Every image becomes 8-bit RGB first, as transformers' ``pipeline("image-classification")``
 prepares it (``load_image``): EXIF orientation applied, then ``Image.convert("RGB")`` (alpha is
 dropped, palettes expanded); an animated image gives its first frame. One choice differs:
-16-bit greyscale is scaled to 8 bits, where PIL's own conversion clips it at 255.
-``hf_exact=True`` restores that clipping and, for PIL images handed in, skips the EXIF step, as
-transformers' processor does when called directly.
+16-bit greyscale is scaled to 8 bits, where PIL's own conversion clips it at 255 (modes ``I;16``
+and ``I``, as 16-bit PNG, PGM and TIFF open; an ``I`` image whose values all fit in 8 bits is
+taken as 8-bit), and a float image (mode ``F``) whose values lie in 0..1 is scaled by 255, where
+PIL would make it black. ``hf_exact=True`` restores PIL's conversion and, for PIL images handed
+in, skips the EXIF step, as transformers' processor does when called directly.
+
+Any exception raised while decoding an image becomes that image's :class:`ImageError`
+(:func:`convnext_np.guards.decoding`); a preprocessing config is validated when it is read.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from dataclasses import asdict, dataclass, field, replace
@@ -30,6 +34,8 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from .errors import ImageError, WeightsError
+from .guards import MAX_INPUT_SIZE, decoding, read_json_file
+from .model import MIN_INPUT_SIZE
 
 IMAGENET_DEFAULT_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_DEFAULT_STD = (0.229, 0.224, 0.225)
@@ -46,6 +52,14 @@ DINOV3_PREPROCESSING = {"size": 224, "crop_pct": None, "resample": "bilinear", "
 MAX_IMAGE_PIXELS = 89_478_485
 # Past this aspect ratio of the resized image to the crop, only the crop window is resampled.
 WINDOW_ASPECT = 4
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_finite(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 @dataclass
@@ -71,16 +85,29 @@ class ImageProcessor:
         if isinstance(self.resample, int):
             self.resample = {int(v): k for k, v in RESAMPLE.items()}.get(self.resample, self.resample)
         problems = []
-        if self.resample not in RESAMPLE:
+        if not (isinstance(self.resample, str) and self.resample in RESAMPLE):
             problems.append(f"resample must be one of {sorted(RESAMPLE)}, got {self.resample!r}")
         if self.crop_mode not in CROP_MODES:
             problems.append(f"crop_mode must be one of {CROP_MODES}, got {self.crop_mode!r}")
-        if not (isinstance(self.size, int) and self.size >= 1):
-            problems.append(f"size must be a positive int, got {self.size!r}")
-        if self.crop_pct is not None and not 0 < self.crop_pct <= 4:
-            problems.append(f"crop_pct must be in (0, 4], got {self.crop_pct!r}")
-        if len(self.image_mean) != 3 or len(self.image_std) != 3 or min(self.image_std) <= 0:
-            problems.append("image_mean and image_std need 3 values each, std positive")
+        if not (_is_int(self.size) and MIN_INPUT_SIZE <= self.size <= MAX_INPUT_SIZE):
+            problems.append(f"size must be an int from at least {MIN_INPUT_SIZE} (a ConvNeXt "
+                            f"downsamples by 32) to {MAX_INPUT_SIZE}, got {self.size!r}")
+        if self.crop_pct is not None and not (_is_finite(self.crop_pct) and 0 < self.crop_pct <= 4):
+            problems.append(f"crop_pct must be a number in (0, 4], got {self.crop_pct!r}")
+        for name in ("image_mean", "image_std"):
+            value = getattr(self, name)
+            if not (isinstance(value, (list, tuple)) and len(value) == 3
+                    and all(_is_finite(v) for v in value)):
+                problems.append(f"{name} must be 3 finite numbers, got {value!r:.80}")
+            elif name == "image_std" and min(value) <= 0:
+                problems.append(f"image_std must be positive, got {value!r}")
+        if not (_is_finite(self.rescale_factor) and self.rescale_factor > 0):
+            problems.append(f"rescale_factor must be a positive number, got {self.rescale_factor!r:.80}")
+        for name in ("do_resize", "do_rescale", "do_normalize", "hf_exact"):
+            if not isinstance(getattr(self, name), bool):
+                problems.append(f"{name} must be true or false, got {getattr(self, name)!r:.80}")
+        if not (_is_int(self.max_pixels) and self.max_pixels > 0):
+            problems.append(f"max_pixels must be a positive int, got {self.max_pixels!r}")
         if problems:
             raise ValueError("invalid ImageProcessor: " + "; ".join(problems))
         self.image_mean, self.image_std = tuple(self.image_mean), tuple(self.image_std)
@@ -187,7 +214,7 @@ class ImageProcessor:
         size = d.get("size", 224)
         if isinstance(size, dict):
             size = size.get("shortest_edge") or size.get("height")
-        kwargs = {"size": int(size), "crop_pct": d.get("crop_pct"), "resample": d.get("resample", 3),
+        kwargs = {"size": size, "crop_pct": d.get("crop_pct"), "resample": d.get("resample", 3),
                   "image_mean": d.get("image_mean", IMAGENET_DEFAULT_MEAN),
                   "image_std": d.get("image_std", IMAGENET_DEFAULT_STD), "crop_mode": "hf"}
         for flag in ("do_resize", "do_rescale", "rescale_factor", "do_normalize"):
@@ -205,10 +232,13 @@ class ImageProcessor:
             cfg = {**cfg, **{key: cfg[f"test_{key}"] for key in ("input_size", "crop_pct")
                              if cfg.get(f"test_{key}") is not None}}
         input_size = cfg.get("input_size", (3, 224, 224))
+        if not (isinstance(input_size, (list, tuple)) and len(input_size) == 3
+                and all(_is_int(v) for v in input_size) and input_size[1] == input_size[2]):
+            raise WeightsError(f"timm input_size must be [3, size, size], got {input_size!r:.80}")
         crop_mode = cfg.get("crop_mode", "center")
         if crop_mode not in ("center", "squash"):
-            raise WeightsError(f"timm crop_mode {crop_mode!r} is not supported (center, squash)")
-        kwargs = {"size": int(input_size[-1]), "crop_pct": cfg.get("crop_pct", 0.875),
+            raise WeightsError(f"timm crop_mode {crop_mode!r:.40} is not supported (center, squash)")
+        kwargs = {"size": input_size[-1], "crop_pct": cfg.get("crop_pct", 0.875),
                   "resample": cfg.get("interpolation", "bicubic"),
                   "image_mean": cfg.get("mean", IMAGENET_DEFAULT_MEAN),
                   "image_std": cfg.get("std", IMAGENET_DEFAULT_STD), "crop_mode": crop_mode}
@@ -224,18 +254,20 @@ class ImageProcessor:
         """
         path = Path(os.fspath(source))
         directory = path if path.is_dir() else path.parent
+        where = directory / "preprocessor_config.json"
         try:
-            if (directory / "preprocessor_config.json").is_file():
-                d = json.loads((directory / "preprocessor_config.json").read_text(encoding="utf-8"))
-                return cls.from_hf_dict(d, **overrides)
-            if (directory / "config.json").is_file() and path.is_dir():
-                d = json.loads((directory / "config.json").read_text(encoding="utf-8"))
+            if where.is_file():
+                d = read_json_file(where, "preprocessing config")
+                return cls.from_hf_dict(_object(d), **overrides)
+            where = directory / "config.json"
+            if where.is_file() and path.is_dir():
+                d = _object(read_json_file(where, "config"))
                 if "pretrained_cfg" in d:
-                    return cls.from_timm_cfg(d["pretrained_cfg"], test_time, **overrides)
+                    return cls.from_timm_cfg(_object(d["pretrained_cfg"]), test_time, **overrides)
         except (OSError, ValueError, TypeError, AttributeError) as e:
-            if isinstance(e, WeightsError):
-                raise
-            raise WeightsError(f"{directory}: bad preprocessing config: {e}") from None
+            message = str(e)
+            raise WeightsError(message if message.startswith(str(where)) else
+                               f"{where}: bad preprocessing config: {message}") from None
         return cls(**overrides)
 
     def to_hf_dict(self) -> dict:
@@ -327,6 +359,12 @@ def tf_resize_bicubic(x: np.ndarray, height: int, width: int) -> np.ndarray:
                col_w[None, :, 0, None] * tall[:, cols[:, 0]])
 
 
+def _object(d) -> dict:
+    if not isinstance(d, dict):
+        raise WeightsError(f"expected a JSON object, got {type(d).__name__}")
+    return d
+
+
 def _describe(image) -> str:
     return os.fspath(image) if isinstance(image, (str, os.PathLike)) else type(image).__name__
 
@@ -334,7 +372,7 @@ def _describe(image) -> str:
 def load_rgb(image, *, hf_exact: bool = False, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
     """A path, PIL image or uint8 array as an 8-bit RGB PIL image (see the module docstring)."""
     where = _describe(image)
-    try:
+    with decoding(where):
         if isinstance(image, (str, os.PathLike)):
             with Image.open(image) as opened:
                 _check_pixels(opened, where, max_pixels)
@@ -347,12 +385,6 @@ def load_rgb(image, *, hf_exact: bool = False, max_pixels: int = MAX_IMAGE_PIXEL
             return _to_rgb(image if hf_exact else ImageOps.exif_transpose(image), hf_exact)
         if isinstance(image, np.ndarray):
             return _to_rgb(_array_to_pil(image), hf_exact)
-    except ImageError:
-        raise
-    except FileNotFoundError:
-        raise ImageError(f"{where}: no such file") from None
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-        raise ImageError(f"{where}: cannot read image: {e}") from None
     raise ImageError(f"unsupported image type {type(image).__name__}; pass a path, a PIL image "
                      "or an HxWx3 uint8 array")
 
@@ -379,6 +411,12 @@ def _array_to_pil(x: np.ndarray) -> Image.Image:
 
 
 def _to_rgb(image: Image.Image, hf_exact: bool) -> Image.Image:
-    if image.mode.startswith("I;16") and not hf_exact:
-        image = Image.fromarray((np.asarray(image, dtype=np.float64) / 257).round().astype(np.uint8))
+    """RGB; 16-bit and float greyscale scaled to 8 bits first (see the module docstring)."""
+    if not hf_exact and (image.mode.startswith("I;16") or image.mode in ("I", "F")):
+        x = np.asarray(image, dtype=np.float64)
+        if image.mode.startswith("I;16") or (image.mode == "I" and x.max() > 255):
+            x = x / 257  # 0..65535 -> 0..255
+        elif image.mode == "F" and x.min() >= 0 and x.max() <= 1:
+            x = x * 255
+        image = Image.fromarray(np.clip(np.nan_to_num(x), 0, 255).round().astype(np.uint8))
     return image.convert("RGB")

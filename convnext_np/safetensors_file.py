@@ -8,13 +8,13 @@ before any tensor is touched. BF16, which NumPy lacks, is widened to float32 exa
 
 from __future__ import annotations
 
-import json
 import math
 import os
 
 import numpy as np
 
 from .errors import WeightsError
+from .guards import load_json
 
 DTYPES = {
     "F64": "<f8", "F32": "<f4", "F16": "<f2", "BF16": "<u2",
@@ -22,6 +22,7 @@ DTYPES = {
     "U64": "<u8", "U32": "<u4", "U16": "<u2", "U8": "u1", "BOOL": "?",
 }
 MAX_HEADER_BYTES = 100 * 1024 * 1024  # the limit the safetensors library itself enforces
+MAX_NDIM = 8  # a ConvNeXt tensor has at most 4 dimensions
 
 
 def bf16_to_f32(raw: np.ndarray) -> np.ndarray:
@@ -48,10 +49,7 @@ class SafetensorsFile:
                 header_bytes = f.read(n)
         except OSError as e:
             raise WeightsError(f"{self.path}: cannot read: {e}") from None
-        try:
-            header = json.loads(header_bytes.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise WeightsError(f"{self.path}: header is not valid JSON: {e}") from None
+        header = load_json(header_bytes, self.path, "the header")
         if not isinstance(header, dict):
             raise WeightsError(f"{self.path}: header must be a JSON object")
         self.metadata = header.pop("__metadata__", None) or {}
@@ -68,8 +66,10 @@ class SafetensorsFile:
         dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
         if not isinstance(dtype, str) or dtype not in DTYPES:
             raise WeightsError(f"{where}: unknown dtype {dtype!r}")
-        if not (isinstance(shape, list) and all(type(d) is int and d >= 0 for d in shape)):
-            raise WeightsError(f"{where}: shape must be a list of non-negative ints, got {shape!r}")
+        if not (isinstance(shape, list) and len(shape) <= MAX_NDIM
+                and all(type(d) is int and 0 <= d < 2**48 for d in shape)):
+            raise WeightsError(f"{where}: shape must be a list of at most {MAX_NDIM} "
+                               f"non-negative ints, got {shape!r:.200}")
         if not (isinstance(offsets, list) and len(offsets) == 2
                 and all(type(o) is int for o in offsets) and 0 <= offsets[0] <= offsets[1]):
             raise WeightsError(f"{where}: data_offsets must be [begin, end], got {offsets!r}")

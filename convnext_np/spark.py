@@ -35,6 +35,7 @@ loads the model once (a module-level cache), from the path on the executor's dis
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 import io
@@ -59,6 +60,7 @@ import numpy as np
 from .backends import BACKENDS
 from .classify import DEFAULT_MODEL, iter_classify
 from .errors import ImageError
+from .guards import decoding
 from .model import MIN_INPUT_SIZE
 from .preprocess import ImageProcessor
 
@@ -417,10 +419,8 @@ def _open_encoded(content: bytes):
     the preprocessor, after its pixel-count check)."""
     from PIL import Image
 
-    try:
+    with decoding(None):
         return Image.open(io.BytesIO(content))
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-        raise ImageError(f"cannot read image: {e}") from None
 
 
 def _where(settings, batch, i) -> str:
@@ -442,9 +442,10 @@ def _decode(settings, column, i):
         return _open_encoded(value.as_buffer())
     data = value["data"]
     mode = value["mode"].as_py() if "mode" in [f.name for f in value.type] else None
-    return spark_image_to_array(value["height"].as_py(), value["width"].as_py(),
-                                value["nChannels"].as_py(), mode,
-                                data.as_buffer() if data.is_valid else None)
+    with decoding(None):  # a row of unexpected types is that row's error, not the job's
+        return spark_image_to_array(value["height"].as_py(), value["width"].as_py(),
+                                    value["nChannels"].as_py(), mode,
+                                    data.as_buffer() if data.is_valid else None)
 
 
 def _message(error, image, where: str) -> str:
@@ -555,7 +556,10 @@ def _arrow_annotation_type():
 def _classify_batches(settings, batches):
     """The mapInArrow function: runs in the executor's Python worker, once per partition."""
     model = _get_model(settings.model_path, settings.backend, settings.overrides)
-    _set_threads(_task_cpus(), model.backend)
+    cpus = _task_cpus()
+    _set_threads(cpus, model.backend)
+    model = copy.copy(model)  # the cached model, run on this task's threads (convnext_np.threads)
+    model.num_threads = cpus
     for batch in batches:
         if batch.num_rows:
             yield _classify_batch(settings, model, batch)

@@ -10,6 +10,7 @@ torch layout into the channels-last layout of :mod:`convnext_np.ops`.
 
 from __future__ import annotations
 
+import logging
 import re
 
 import numpy as np
@@ -101,15 +102,33 @@ TIMM_STEMS = (("stem.3.weight", "timm-overlap-act"), ("stem.2.weight", "timm-ove
 # Wrappers around a state dict in training checkpoints, in the order timm's loader prefers
 # them (EMA weights first, as the published "_ema" files hold).
 WRAPPERS = ("state_dict_ema", "model_ema", "state_dict", "model", "module")
+MAX_WRAPPER_DEPTH = 8
 
 
 def unwrap(obj, where: str) -> dict:
-    """The state dict inside a checkpoint: ``{"model": sd}`` and friends; ``module.`` stripped."""
+    """The state dict inside a checkpoint: ``{"model": sd}`` and friends; ``module.`` stripped.
+
+    At most :data:`MAX_WRAPPER_DEPTH` wrappers deep, and a checkpoint that contains itself is
+    refused. What a wrapper held besides the weights (``optimizer``, ``epoch``, ``args`` ...)
+    is ignored, and said so on the ``convnext_np`` logger.
+    """
+    seen = set()
     while isinstance(obj, dict) and not any(k in obj for ks in SIGNATURES.values() for k in ks):
-        inner = next((obj[k] for k in WRAPPERS if isinstance(obj.get(k), dict)), None)
-        if inner is None:
+        key = next((k for k in WRAPPERS if isinstance(obj.get(k), dict)), None)
+        if key is None:
             break
-        obj = inner
+        if id(obj) in seen:
+            raise WeightsError(f"{where}: the checkpoint contains itself ({key!r} leads back to "
+                               "a wrapper around it); expected a state dict inside")
+        if len(seen) == MAX_WRAPPER_DEPTH:
+            raise WeightsError(f"{where}: wrappers nested more than {MAX_WRAPPER_DEPTH} deep; "
+                               "expected a state dict inside at most a few")
+        seen.add(id(obj))
+        ignored = sorted(str(k) for k in obj if k != key)
+        if ignored:
+            logging.getLogger("convnext_np").info("%s: loading the weights in %r; ignoring %s",
+                                                  where, key, ", ".join(ignored))
+        obj = obj[key]
     if not isinstance(obj, dict) or not all(isinstance(k, str) for k in obj):
         raise WeightsError(f"{where}: expected a state dict (names to tensors), got {type(obj).__name__}")
     if obj and all(isinstance(k, str) and k.startswith("module.") for k in obj):

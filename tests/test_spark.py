@@ -98,6 +98,19 @@ def test_binary_file_equals_classify_and_a_bad_file_gets_an_error(spark, model, 
     assert "broken.png" in bad.error and "cannot read image" in bad.error
 
 
+def test_a_dds_under_a_png_name_is_its_rows_error_not_a_failed_job(spark, tmp_path):
+    from test_untrusted_inputs import dds_header  # Pillow raises NotImplementedError on it
+
+    shutil.copy(PNGS[0], tmp_path / "good.png")
+    (tmp_path / "photo.png").write_bytes(dds_header())
+    df = spark.read.format("binaryFile").load(str(tmp_path))
+    clf = ImageClassifier(modelPath=MODEL, inputCol="content", topK=1, backend="numpy")
+    rows = by_name(clf.transform(df).collect(), "path")
+    assert rows["good.png"].error is None and len(rows["good.png"].predictions) == 1
+    assert rows["photo.png"].predictions is None
+    assert "photo.png" in rows["photo.png"].error and "NotImplementedError" in rows["photo.png"].error
+
+
 def test_batches_drop_invalid_and_column_names(spark, model, image_dir):
     df = spark.read.format("binaryFile").load(str(image_dir)).repartition(1)
     clf = ImageClassifier(modelPath=MODEL, inputCol="content", outputCol="classes",
