@@ -158,22 +158,47 @@ def _sides(threads: int) -> tuple:
     return 32, -(-side // 32) * 32
 
 
-def compile_all() -> None:
-    """Compile (or load from the cache) every kernel the forward pass uses, by running it: a small
-    random model, with and without a head, on inputs that take every code path."""
-    import numba
+# One small model of each structure whose forward pass calls the kernels its own way: config
+# fields (and the Backbone's out_features) over a V1 model with a 3-class head.
+STRUCTURES = (
+    {},
+    {"num_labels": 0},
+    {"head_norm_first": True},  # timm's _hnf
+    {"head_hidden_size": 32},  # timm's MLP head (convnext_large_mlp)
+    {"stem_type": "overlap_act", "norm_layer": "simplenorm"},  # timm's zepto_rms_ols
+    {"model_type": "dinov3_convnext", "num_labels": 0},  # the token sequence
+    {"out_features": ("stem", "stage1", "stage2", "stage3", "stage4")},  # Backbone feature maps
+)
 
-    from . import weights
+
+def _model(structure: dict):
+    from . import backbone, weights
     from .config import ConvNextConfig
     from .model import ConvNeXt
-    from .testing import random_pixels, realistic_state_dict
+    from .testing import realistic_state_dict
 
-    for num_labels in (3, 0):
-        config = ConvNextConfig(depths=[1, 1, 1, 1], hidden_sizes=[16, 24, 40, 48],
-                                id2label={i: str(i) for i in range(num_labels)})
-        hf = realistic_state_dict(weights.expected_shapes(config))
-        model = ConvNeXt(config, weights.to_params(hf, config, "warm-up"), backend="numba")
-        for side in _sides(numba.config.NUMBA_NUM_THREADS):
+    fields = dict(structure)
+    out_features = fields.pop("out_features", None)
+    num_labels = fields.pop("num_labels", 3)
+    config = ConvNextConfig(depths=[1, 1, 1, 1], hidden_sizes=[16, 24, 40, 48],
+                            id2label={i: str(i) for i in range(num_labels)}, **fields)
+    params = weights.to_params(realistic_state_dict(weights.expected_shapes(config)), config, "warm-up")
+    if out_features:
+        params["backbone_norms"] = backbone.norm_params(out_features, {}, config.hidden_sizes)
+    return ConvNeXt(config, params, backend="numba", out_features=out_features)
+
+
+def compile_all() -> None:
+    """Compile (or load from the cache) every kernel the forward pass uses, by running it: a small
+    random model of each structure, on inputs that take every code path."""
+    import numba
+
+    from .testing import random_pixels
+
+    sides = _sides(numba.config.NUMBA_NUM_THREADS)
+    for structure in STRUCTURES:
+        model = _model(structure)
+        for side in sides:
             model(random_pixels((1, 3, side, side)))
 
 

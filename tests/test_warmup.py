@@ -43,9 +43,11 @@ FIRST_CALL = f"""
                       "loaded": sum(sum(f.stats.cache_hits.values()) for f in dispatchers)}}))
 """
 
-# After the warm-up: the full-size model at batch 1 and 8 loads every kernel and compiles none.
+# After the warm-up: the full-size model at batch 1 and 8, and a model of every structure of the
+# family (the committed fixtures), load every kernel and compile none.
 FULL_SIZE = f"""
     import json, numba
+    from pathlib import Path
     import convnext_np as cnp
     from convnext_np import kernels, weights
     from convnext_np.testing import random_pixels, realistic_state_dict
@@ -55,6 +57,11 @@ FULL_SIZE = f"""
                          backend="numba")
     for batch in (1, 8):
         model(random_pixels((batch, 3, 224, 224)))
+    for d in sorted(Path({str(ROOT / "weights")!r}).glob("*/*/reference.json")):
+        bare = sorted(d.parent.glob("checkpoint.*"))  # a facebookresearch file, no config.json
+        source = bare[0] if bare and not (d.parent / "config.json").is_file() else d.parent
+        for side in (64, 96):
+            cnp.from_pretrained(source, backend="numba")(random_pixels((2, 3, side, side)))
     dispatchers = [f for f in vars(kernels).values() if isinstance(f, numba.core.registry.CPUDispatcher)]
     print(json.dumps({{"compiled": sum(sum(f.stats.cache_misses.values()) for f in dispatchers),
                       "loaded": sum(sum(f.stats.cache_hits.values()) for f in dispatchers)}}))
