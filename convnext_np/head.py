@@ -31,8 +31,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from scipy.optimize import minimize
-from scipy.special import log_softmax
 
 from .classify import load_model
 from .errors import ImageError
@@ -187,6 +185,8 @@ def softmax_regression_loss(theta, x, y, num_classes: int, l2: float):
     the mean cross-entropy is (softmax - onehot)^T x / n. Rows go through in chunks, so memory
     is that of ``ROWS_PER_CHUNK`` x K, whatever n is.
     """
+    from scipy.special import log_softmax
+
     n, c = x.shape
     w, b = theta[:num_classes * c].reshape(num_classes, c), theta[num_classes * c:]
     loss, grad_w, grad_b = 0.0, np.zeros_like(w), np.zeros_like(b)
@@ -207,6 +207,10 @@ def fit_softmax_regression(x, y, num_classes: int, *, l2: float | None = None, m
                            tol: float = 1e-6):
     """``(W (K, C), b (K,), scipy OptimizeResult)`` minimising the loss above by L-BFGS from
     zero; ``l2`` defaults to 1/n (scikit-learn's ``C=1``)."""
+    # Imported here, not with the module: scipy.optimize takes ~0.4 s to import, which every
+    # `import convnext_np` (and so every start-up) would pay.
+    from scipy.optimize import minimize
+
     x, y = np.asarray(x, np.float32), np.asarray(y, np.int64)
     if x.ndim != 2 or len(x) != len(y) or len(x) == 0:
         raise ValueError(f"features must be (n, C) with n labels, n > 0; got {x.shape} and {y.shape}")
