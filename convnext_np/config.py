@@ -29,6 +29,11 @@ VARIANTS = {
     "xlarge": ((3, 3, 27, 3), (256, 512, 1024, 2048), False, 1e-6),
     "xxlarge": ((3, 4, 30, 3), (384, 768, 1536, 3072), False, 1e-5),
 }
+# ConvNeXt V2 (Woo et al. 2023) comes in the same sizes (atto .. nano with timm's 1x1-conv MLP)
+# and one more, huge.
+V2_VARIANTS = {**VARIANTS, "huge": ((3, 3, 27, 3), (352, 704, 1408, 2816), False, 1e-6)}
+# transformers' names of the two family members: ConvNeXt (V1) and ConvNeXt V2 (GRN blocks).
+MODEL_TYPES = ("convnext", "convnextv2")
 
 
 def _is_int(v) -> bool:
@@ -71,6 +76,7 @@ class ConvNextConfig:
     drop_path_rate: float = 0.0
     image_size: int = 224
     norm_eps: float = 1e-6
+    model_type: str = "convnext"
     id2label: dict = field(default_factory=dict)
     extra: dict = field(default_factory=dict)
 
@@ -87,6 +93,9 @@ class ConvNextConfig:
             value = getattr(self, name)
             if not (_is_number(value) and 0 < value < 1):
                 raise WeightsError(f"invalid ConvNeXt config: {name} must be a number in (0, 1), got {value!r}")
+        if self.model_type not in MODEL_TYPES:
+            raise WeightsError(f"invalid ConvNeXt config: model_type must be one of {MODEL_TYPES}, "
+                               f"got {self.model_type!r}")
         if not isinstance(self.id2label, dict) or not isinstance(self.extra, dict):
             raise WeightsError("invalid ConvNeXt config: id2label must be a JSON object")
         self.id2label = {int(k): str(v) for k, v in self.id2label.items()}
@@ -104,9 +113,10 @@ class ConvNextConfig:
     @classmethod
     def from_variant(cls, name: str, num_labels: int = 1000, **overrides) -> "ConvNextConfig":
         """Config of a named variant (``"tiny"``, ``"atto"``, ...) with generic labels."""
-        if name not in VARIANTS:
-            raise ValueError(f"unknown ConvNeXt variant {name!r}; known: {', '.join(VARIANTS)}")
-        depths, dims, _, norm_eps = VARIANTS[name]
+        table = V2_VARIANTS if overrides.get("model_type") == "convnextv2" else VARIANTS
+        if name not in table:
+            raise ValueError(f"unknown ConvNeXt variant {name!r}; known: {', '.join(table)}")
+        depths, dims, _, norm_eps = table[name]
         overrides.setdefault("id2label", {i: f"LABEL_{i}" for i in range(num_labels)})
         return cls(depths=list(depths), hidden_sizes=list(dims), norm_eps=norm_eps, **overrides)
 
@@ -130,7 +140,8 @@ class ConvNextConfig:
 
     def variant(self) -> str | None:
         """The variant name whose depths and widths this config has, if any."""
-        for name, (depths, dims, _, _) in VARIANTS.items():
+        table = V2_VARIANTS if self.model_type == "convnextv2" else VARIANTS
+        for name, (depths, dims, _, _) in table.items():
             if tuple(self.depths) == depths and tuple(self.hidden_sizes) == dims:
                 return name
         return None
@@ -174,7 +185,10 @@ class ConvNextConfig:
                   if f.name not in ("extra", "id2label")})
         d["id2label"] = {str(i): label for i, label in self.id2label.items()}
         d["label2id"] = self.label2id
-        d["model_type"] = "convnext"
+        if self.model_type == "convnextv2":  # transformers' ConvNextV2Config has no layer scale
+            del d["layer_scale_init_value"]
+            d.setdefault("architectures", ["ConvNextV2ForImageClassification" if self.num_labels
+                                           else "ConvNextV2Model"])
         d.setdefault("architectures", ["ConvNextForImageClassification"])
         return dict(sorted(d.items()))
 

@@ -40,6 +40,7 @@ if "OMP_NUM_THREADS" in os.environ and "NUMBA_NUM_THREADS" not in os.environ:
         pass
 
 _F32 = np.float32
+_NONE = np.empty(0, np.float32)  # "no such input" for a kernel
 # error_model="numpy": x / 0 is inf, not an exception, so loops with a division vectorise.
 _JIT = dict(cache=True, nogil=True, error_model="numpy")
 _CONTRACT = {"contract"}  # a * b + c may become one FMA (more exact, not less)
@@ -325,6 +326,7 @@ _E0, _E1, _E2, _E3, _E4, _E5 = (_F32(v) for v in (1.9875691500e-4, 1.3981999507e
                                                   4.1665795894e-2, 1.6666665459e-1, 5.0000001201e-1))
 _TWO_M24 = _F32(2.0 ** -24)
 _ZERO, _HALF, _ONE = _F32(0.0), _F32(0.5), _F32(1.0)
+_GRN_EPS = _F32(1e-6)
 
 
 @njit(inline="always", fastmath=_CONTRACT, **_JIT)
@@ -355,6 +357,50 @@ def _bias_gelu(h, r0, r1, c0, c1, b):
         row = h[r, c0:c1]
         for c in range(c1 - c0):
             row[c] = _gelu1(row[c] + bias[c])
+
+
+@njit(fastmath=_CONTRACT, **_JIT)
+def _bias_gelu_sq(h, r0, r1, c0, c1, b, ssq, x_row0, hw):
+    """_bias_gelu, and ssq[image of row r, c] += h[r, c]^2 (row r is pixel x_row0 + r of images of
+    hw pixels): GRN's sums of squares, taken while the block is in L1."""
+    bias = b[c0:c1]
+    for r in range(r0, r1):
+        row, acc = h[r, c0:c1], ssq[(x_row0 + r) // hw, c0:c1]
+        for c in range(c1 - c0):
+            v = _gelu1(row[c] + bias[c])
+            row[c] = v
+            acc[c] += v * v
+
+
+@njit(fastmath=_CONTRACT, **_JIT)
+def _scale_rows(a, r0, r1, k0, k1, scale, shift, x_row0, hw):
+    """a[r, k0:k1] = a[r, k0:k1] * scale[image of row r, k0:k1] + shift[k0:k1], in place (row r is
+    pixel x_row0 + r of images of hw pixels): GRN applied to fc2's input (_grn_scale)."""
+    sh = shift[k0:k1]
+    for r in range(r0, r1):
+        row, s = a[r, k0:k1], scale[(x_row0 + r) // hw, k0:k1]
+        for k in range(k1 - k0):
+            row[k] = row[k] * s[k] + sh[k]
+
+
+@njit(fastmath=_CONTRACT, **_JIT)
+def _grn_scale(ssq, n0, n1, w, scale):
+    """scale[n] = 1 + w * Nx[n] for images n0 <= n < n1, from ssq[n, c], the sum over the image's
+    positions of x[., c]^2.
+
+    ConvNeXt V2's GRN (ops.grn), ``w * (x * Nx) + b + x``, is ``x * (1 + w * Nx) + b``: a scale per
+    image and channel and a shift, which _scale_rows applies to fc2's input.
+    """
+    c4 = ssq.shape[1]
+    for n in range(n0, n1):
+        gx, sc = ssq[n], scale[n]
+        total = _ZERO
+        for c in range(c4):
+            sc[c] = np.sqrt(gx[c])
+            total += sc[c]
+        denom = total / _F32(c4) + _GRN_EPS
+        for c in range(c4):
+            sc[c] = _ONE + w[c] * (sc[c] / denom)
 
 
 @njit(fastmath=_CONTRACT, **_JIT)
@@ -402,18 +448,23 @@ def _layer_norm_rows(v, r0, r1, w, b, eps, out):
 
 
 # The epilogues of _gemm: what happens to each MC x NR block of outputs once its sums are final.
-EPI_BIAS, EPI_GELU, EPI_RESIDUAL = 0, 1, 2
+EPI_BIAS, EPI_GELU, EPI_RESIDUAL, EPI_GELU_SQ = 0, 1, 2, 3
 
 
 @njit(**_JIT)
-def _gemm(a, b, c, r0, r1, j0, j1, epilogue, bias, gamma, x2, out2, x_row0):
+def _gemm(a, b, c, r0, r1, j0, j1, epilogue, bias, gamma, x2, out2, x_row0, ssq, scale, shift, hw):
     """c[r0:r1, j0:j1] = a[r0:r1] @ w[:, j0:j1] (``b``: the panels of w, j0 a multiple of NR), then
     on each block of at most MC rows x NR columns, while it is in L1:
 
     - EPI_BIAS: ``c += bias``;
     - EPI_GELU: ``c = gelu(c + bias)`` (fc1);
+    - EPI_GELU_SQ: the same, and ``ssq[image, j] += c[r, j]^2`` (fc1 of a V2 block: GRN's sums);
     - EPI_RESIDUAL: ``out2[x_row0 + r] = x2[x_row0 + r] + gamma * (c[r] + bias)`` (fc2; ``c`` is
       scratch).
+
+    With ``scale`` not empty, each MC x KC block of ``a`` is first replaced, while it is brought
+    into L2 for the GEMM, by ``a * scale[image] + shift`` (fc2 of a V2 block: GRN, _grn_scale).
+    Row r of ``a`` and ``c`` is pixel ``x_row0 + r`` of the batch, image ``(x_row0 + r) // hw``.
 
     ``a`` and ``c`` are indexed by the same row numbers; rows only need unit inner strides.
     Loop order (BLIS's): row blocks of MC, k blocks of KC, weight panels, row tiles of MR. The
@@ -431,6 +482,8 @@ def _gemm(a, b, c, r0, r1, j0, j1, epilogue, bias, gamma, x2, out2, x_row0):
         for p0 in range(0, max(k, 1), kc_step):
             kc = max(0, min(kc_step, k - p0))
             last = p0 + kc >= k
+            if scale.shape[0] > 0:
+                _scale_rows(a, ic, ic1, p0, p0 + kc, scale, shift, x_row0, hw)
             for jp in range(j0 // NR, -(-j1 // NR)):
                 nv = min(NR, j1 - jp * NR)
                 for i in range(ic, ic1, MR):
@@ -441,6 +494,8 @@ def _gemm(a, b, c, r0, r1, j0, j1, epilogue, bias, gamma, x2, out2, x_row0):
                         _add_bias(c, ic, ic1, c0, c1, bias)
                     elif epilogue == EPI_GELU:
                         _bias_gelu(c, ic, ic1, c0, c1, bias)
+                    elif epilogue == EPI_GELU_SQ:
+                        _bias_gelu_sq(c, ic, ic1, c0, c1, bias, ssq, x_row0, hw)
                     else:
                         _residual(x2, c, x_row0, x_row0 + ic, x_row0 + ic1, c0, c1, gamma, bias, out2)
 
@@ -623,6 +678,7 @@ def _block_tall(x, dw_w, dw_b, ln_w, ln_b, eps, w1, b1, w2, b2, gamma, ntasks, a
     Fuses: dwconv + LayerNorm (one pass into the tile's fc1 input), fc1 GEMM, bias + GELU (in
     place, while the tile is in cache), fc2 GEMM, bias + layer scale + residual (one pass).
     """
+    e2 = np.empty((0, 0), np.float32)  # no GRN sums, no GRN scale
     n, height, width, nc = x.shape
     m = n * height * width
     c4 = b1.shape[0]  # w1, w2: panels (pack)
@@ -635,25 +691,31 @@ def _block_tall(x, dw_w, dw_b, ln_w, ln_b, eps, w1, b1, w2, b2, gamma, ntasks, a
             r0, r1 = t * m // ntasks, (t + 1) * m // ntasks
             mt = r1 - r0
             _dwconv_span(x, r0, r1, dw_w, dw_b, ln_w, ln_b, eps, a, 0)
-            _gemm(a, w1, hid, 0, mt, 0, c4, EPI_GELU, b1, gamma, x2, out2, 0)
-            _gemm(hid, w2, o, 0, mt, 0, nc, EPI_RESIDUAL, b2, gamma, x2, out2, r0)
+            _gemm(a, w1, hid, 0, mt, 0, c4, EPI_GELU, b1, gamma, x2, out2, 0, e2, e2, b1, 1)
+            _gemm(hid, w2, o, 0, mt, 0, nc, EPI_RESIDUAL, b2, gamma, x2, out2, r0, e2, e2, b2, 1)
 
 
 @njit(parallel=True, **_JIT)
-def _block_wide(x, dw_w, dw_b, ln_w, ln_b, eps, w1, b1, w2, b2, gamma, parts, out):
+def _block_wide(x, dw_w, dw_b, ln_w, ln_b, eps, w1, b1, grn_w, grn_b, w2, b2, gamma, parts, out):
     """The block for few rows (late stages, small batches): GEMMs split by output columns.
 
     Three parallel phases: dwconv + LayerNorm by image rows; fc1 + bias + GELU by column blocks
     of 4C; fc2 + bias + layer scale + residual by column blocks of C. Each thread then reads only
-    its share of the weights, which dominate at these sizes.
+    its share of the weights, which dominate at these sizes. With a GRN (``grn_w`` not empty,
+    ConvNeXt V2), fc1 also sums the squares of its output per image and column (each thread owns
+    its columns), and a fourth phase, by rows, applies GRN to the fc1 output before fc2.
     """
+    e2 = np.empty((0, 0), np.float32)  # no GRN sums, no GRN scale
     n, height, width, nc = x.shape
-    m = n * height * width
+    hw = height * width
+    m = n * hw
     c4 = b1.shape[0]  # w1, w2: panels (pack)
     x2, out2 = x.reshape(m, nc), out.reshape(m, nc)
     a = np.empty((m, nc), np.float32)
     hid = np.empty((m, c4), np.float32)
     o = np.empty((m, nc), np.float32)
+    grn = grn_w.shape[0] > 0
+    ssq = np.zeros((n if grn else 0, c4), np.float32)
     rows = n * height
     tasks = min(rows, parts)
     for t in prange(tasks):  # contiguous image rows per task: the ring slides instead of refilling
@@ -661,25 +723,73 @@ def _block_wide(x, dw_w, dw_b, ln_w, ln_b, eps, w1, b1, w2, b2, gamma, parts, ou
         _dwconv_span(x, p0, p1, dw_w, dw_b, ln_w, ln_b, eps, a, p0)
     for t in prange(parts):
         c0, c1 = _split(c4, parts, t, NR)
-        _gemm(a, w1, hid, 0, m, c0, c1, EPI_GELU, b1, gamma, x2, out2, 0)
+        _gemm(a, w1, hid, 0, m, c0, c1, EPI_GELU_SQ if grn else EPI_GELU, b1, gamma, x2, out2, 0,
+              ssq, e2, b1, hw)
+    if grn:
+        scale = np.empty((n, c4), np.float32)
+        _grn_scale(ssq, 0, n, grn_w, scale)
+        for t in prange(tasks):
+            _scale_rows(hid, t * m // tasks, (t + 1) * m // tasks, 0, c4, scale, grn_b, 0, hw)
     for t in prange(parts):
         c0, c1 = _split(nc, parts, t, NR)
-        _gemm(hid, w2, o, 0, m, c0, c1, EPI_RESIDUAL, b2, gamma, x2, out2, 0)
+        _gemm(hid, w2, o, 0, m, c0, c1, EPI_RESIDUAL, b2, gamma, x2, out2, 0, e2, e2, b2, 1)
+
+
+@njit(parallel=True, **_JIT)
+def _block_tall_grn(x, dw_w, dw_b, ln_w, ln_b, eps, w1, b1, grn_w, grn_b, w2, b2, gamma, group, ntasks,
+                    a, hid, ssq3, out):
+    """The ConvNeXt V2 block on tiles of rows, a group of ``group`` whole images at a time.
+
+    GRN needs, before fc2 can start on an image, the sums of squares of the image's whole fc1
+    output. So per group: (1) each tile does dwconv + LayerNorm, fc1, bias + GELU, and adds the
+    squares of its fc1 output to its own per-image sums, in the GEMM's epilogue while each block
+    is in L1; (2) the tiles' sums are added up and turned into GRN's scale per image and channel
+    (_grn_scale); (3) each tile runs fc2 on its fc1 output, which the GEMM scales and shifts by
+    GRN block by block as it brings it into L2, then bias (+ layer scale) + residual. The fc1
+    output of a group (``hid``, sized like the V1 block's tiles together) waits between (1) and
+    (3); ``a`` holds the LayerNorm output, then fc2's.
+    """
+    e2 = np.empty((0, 0), np.float32)  # no GRN sums, no GRN scale
+    n, height, width, nc = x.shape
+    hw = height * width
+    m = n * hw
+    c4 = b1.shape[0]  # w1, w2: panels (pack)
+    x2, out2 = x.reshape(m, nc), out.reshape(m, nc)
+    ssq = np.empty((n, c4), np.float32)
+    scale = np.empty((n, c4), np.float32)
+    for g0 in range(0, n, group):
+        g1 = min(n, g0 + group)
+        p0, rows = g0 * hw, (g1 - g0) * hw
+        for t in prange(ntasks):
+            lo, hi = t * rows // ntasks, (t + 1) * rows // ntasks
+            ssq3[t, g0:g1] = _ZERO
+            _dwconv_span(x, p0 + lo, p0 + hi, dw_w, dw_b, ln_w, ln_b, eps, a, lo)
+            _gemm(a, w1, hid, lo, hi, 0, c4, EPI_GELU_SQ, b1, gamma, x2, out2, p0, ssq3[t], e2, b1, hw)
+        for im in range(g0, g1):
+            ssq[im] = ssq3[0, im]
+            for t in range(1, ntasks):
+                ssq[im] += ssq3[t, im]
+        _grn_scale(ssq, g0, g1, grn_w, scale)
+        for t in prange(ntasks):
+            lo, hi = t * rows // ntasks, (t + 1) * rows // ntasks
+            _gemm(hid, w2, a, lo, hi, 0, nc, EPI_RESIDUAL, b2, gamma, x2, out2, p0, e2, scale, grn_b, hw)
 
 
 @njit(parallel=True, **_JIT)
 def _linear_tall(x2, w, b, ntasks, out):
+    e2 = np.empty((0, 0), np.float32)  # no GRN sums, no GRN scale
     m = x2.shape[0]
     for t in prange(ntasks):
         r0, r1 = t * m // ntasks, (t + 1) * m // ntasks
-        _gemm(x2, w, out, r0, r1, 0, out.shape[1], EPI_BIAS, b, b, out, out, 0)
+        _gemm(x2, w, out, r0, r1, 0, out.shape[1], EPI_BIAS, b, b, out, out, 0, e2, e2, b, 1)
 
 
 @njit(parallel=True, **_JIT)
 def _linear_wide(x2, w, b, parts, out):
+    e2 = np.empty((0, 0), np.float32)  # no GRN sums, no GRN scale
     for t in prange(parts):
         c0, c1 = _split(out.shape[1], parts, t, NR)
-        _gemm(x2, w, out, 0, out.shape[0], c0, c1, EPI_BIAS, b, b, out, out, 0)
+        _gemm(x2, w, out, 0, out.shape[0], c0, c1, EPI_BIAS, b, b, out, out, 0, e2, e2, b, 1)
 
 
 @njit(fastmath=_REASSOC, **_JIT)
@@ -714,6 +824,7 @@ def _patch_linear(x, patch, pre_w, pre_b, pre_eps, w, b, post_w, post_b, post_ep
     ``tall``: tiles of output pixels, each gathered, multiplied and finished in one thread.
     Otherwise (few pixels) all patches are gathered first, and the GEMM splits its columns.
     """
+    e2 = np.empty((0, 0), np.float32)  # no GRN sums, no GRN scale
     m, co, k = out2.shape[0], out2.shape[1], w.shape[1]  # w: panels (pack)
     post = post_w.shape[0] > 0
     threads = a3.shape[0]
@@ -725,10 +836,10 @@ def _patch_linear(x, patch, pre_w, pre_b, pre_eps, w, b, post_w, post_b, post_ep
                 r0, r1 = t * m // tasks, (t + 1) * m // tasks
                 _gather_patches(x, patch, r0, r1, pre_w, pre_b, pre_eps, a, 0)
                 if post:  # bias, then LayerNorm from the tile into the output
-                    _gemm(a, w, y, 0, r1 - r0, 0, co, EPI_BIAS, b, b, y, y, 0)
+                    _gemm(a, w, y, 0, r1 - r0, 0, co, EPI_BIAS, b, b, y, y, 0, e2, e2, b, 1)
                     _layer_norm_rows(y, 0, r1 - r0, post_w, post_b, post_eps, out2[r0:r1])
                 else:
-                    _gemm(a, w, out2[r0:r1], 0, r1 - r0, 0, co, EPI_BIAS, b, b, y, y, 0)
+                    _gemm(a, w, out2[r0:r1], 0, r1 - r0, 0, co, EPI_BIAS, b, b, y, y, 0, e2, e2, b, 1)
     else:
         a = np.empty((m, k), np.float32)
         y = np.empty((m, co), np.float32) if post else out2
@@ -737,7 +848,7 @@ def _patch_linear(x, patch, pre_w, pre_b, pre_eps, w, b, post_w, post_b, post_ep
                             t * m // tasks)
         for t in prange(threads):
             c0, c1 = _split(co, threads, t, NR)
-            _gemm(a, w, y, 0, m, c0, c1, EPI_BIAS, b, b, y, y, 0)
+            _gemm(a, w, y, 0, m, c0, c1, EPI_BIAS, b, b, y, y, 0, e2, e2, b, 1)
         if post:
             for t in prange(tasks):
                 _layer_norm_rows(y, t * m // tasks, (t + 1) * m // tasks, post_w, post_b, post_eps, out2)
@@ -852,7 +963,6 @@ def _linear_into(x2, w, b, out):
             _linear_wide(x2, _panels(w), b, threads, out)
 
 
-_NONE = np.empty(0, np.float32)
 
 
 def _patch_layer(x, w, b, patch, pre=None, post=None):
@@ -941,31 +1051,75 @@ def global_avg_pool(x):
     return out
 
 
+def grn(x, w, b):
+    """ConvNeXt V2's Global Response Normalization (see ops.grn). [N, H, W, C] -> [N, H, W, C]"""
+    x, w, b = _f32(x), _f32(w), _f32(b)
+    _check(x.ndim == 4 and w.shape == b.shape == (x.shape[3],),
+           f"grn: x {x.shape}, w {w.shape}, b {b.shape} do not fit")
+    out = x.copy()
+    if x.size:
+        n, hw = x.shape[0], x.shape[1] * x.shape[2]
+        _grn(out.reshape(n * hw, x.shape[3]), hw, w, b, min(_threads() * 4, n * hw))
+    return out
+
+
+@njit(parallel=True, **_JIT)
+def _grn(x2, hw, w, b, ntasks):
+    """x2 (N * hw, C) = GRN(x2), in place: sums of squares per image (by images), the scale
+    (_grn_scale), then every row scaled and shifted (by tiles of rows)."""
+    m, nc = x2.shape
+    n = m // hw
+    ssq = np.zeros((n, nc), np.float32)
+    scale = np.empty((n, nc), np.float32)
+    for im in prange(n):
+        acc = ssq[im]
+        for r in range(im * hw, (im + 1) * hw):
+            row = x2[r]
+            for c in range(nc):
+                acc[c] += row[c] * row[c]
+    _grn_scale(ssq, 0, n, w, scale)
+    for t in prange(ntasks):
+        _scale_rows(x2, t * m // ntasks, (t + 1) * m // ntasks, 0, nc, scale, b, 0, hw)
+
+
 def block(x, dwconv_w, dwconv_b, norm_w, norm_b, pwconv1_w, pwconv1_b, pwconv2_w, pwconv2_b,
-          gamma, *, eps, ops=None):
-    """The ConvNeXt block of :func:`convnext_np.model.block`, fused (``ops`` is ignored).
+          gamma=None, grn_w=None, grn_b=None, *, eps, ops=None):
+    """The ConvNeXt block of :func:`convnext_np.model.block`, fused (``ops`` is ignored): V1 with
+    layer scale ``gamma``, V2 with a GRN (``grn_w``, ``grn_b``).
 
     [N, H, W, C] -> [N, H, W, C]
     """
     x = _f32(x)
-    dw_w, dw_b, ln_w, ln_b, w1, b1, w2, b2, g = (_f32(a) for a in (
-        dwconv_w, dwconv_b, norm_w, norm_b, pwconv1_w, pwconv1_b, pwconv2_w, pwconv2_b, gamma))
+    dw_w, dw_b, ln_w, ln_b, w1, b1, w2, b2 = (_f32(a) for a in (
+        dwconv_w, dwconv_b, norm_w, norm_b, pwconv1_w, pwconv1_b, pwconv2_w, pwconv2_b))
     c = x.shape[-1]
+    g = np.ones(c, np.float32) if gamma is None else _f32(gamma)
+    v2 = grn_w is not None
+    gw, gb = (_f32(grn_w), _f32(grn_b)) if v2 else (_NONE, _NONE)
     _check(x.ndim == 4 and dw_w.ndim == 3 and dw_w.shape[0] == dw_w.shape[1] and dw_w.shape[0] % 2
            and dw_w.shape[2] == c and dw_b.shape == ln_w.shape == ln_b.shape == b2.shape == g.shape == (c,)
            and w1.ndim == 2 and w1.shape[0] == c and b1.shape == (w1.shape[1],)
-           and w2.shape == (w1.shape[1], c),
+           and w2.shape == (w1.shape[1], c) and (not v2 or gw.shape == gb.shape == b1.shape),
            f"block: x {x.shape} does not fit the block's weights (dwconv {dw_w.shape}, "
-           f"pwconv1 {w1.shape}, pwconv2 {w2.shape})")
+           f"pwconv1 {w1.shape}, pwconv2 {w2.shape}, grn {gw.shape if v2 else None})")
     out = np.empty_like(x)
     if x.size == 0:
         return out
-    m, threads = x.size // c, _threads()
-    if _is_tall(m, threads):
-        tasks = _row_tasks(m, w1.shape[1], threads)
-        a3, hid3, o3 = _scratch(threads, -(-m // tasks), c, w1.shape[1], c)
+    m, threads, c4 = x.size // c, _threads(), w1.shape[1]
+    if not _is_tall(m, threads):
+        _block_wide(x, dw_w, dw_b, ln_w, ln_b, _F32(eps), _panels(w1), b1, gw, gb, _panels(w2), b2, g,
+                    threads, out)
+    elif v2:  # whole images per group, the group's fc1 output about the size of V1's tiles together
+        n, hw = x.shape[0], x.shape[1] * x.shape[2]
+        group = min(n, max(1, threads * TILE_FLOATS // (hw * c4)))
+        tasks = _row_tasks(group * hw, c4, threads)
+        a, hid = (s[0] for s in _scratch(1, group * hw, c, c4))
+        ssq3 = np.empty((tasks, n, c4), np.float32)
+        _block_tall_grn(x, dw_w, dw_b, ln_w, ln_b, _F32(eps), _panels(w1), b1, gw, gb, _panels(w2), b2, g,
+                        group, tasks, a, hid, ssq3, out)
+    else:
+        tasks = _row_tasks(m, c4, threads)
+        a3, hid3, o3 = _scratch(threads, -(-m // tasks), c, c4, c)
         _block_tall(x, dw_w, dw_b, ln_w, ln_b, _F32(eps), _panels(w1), b1, _panels(w2), b2, g, tasks,
                     a3, hid3, o3, out)
-    else:
-        _block_wide(x, dw_w, dw_b, ln_w, ln_b, _F32(eps), _panels(w1), b1, _panels(w2), b2, g, threads, out)
     return out

@@ -18,7 +18,7 @@ import numpy as np
 from safetensors.numpy import save_file
 
 from . import torch_pickle, weights
-from .config import VARIANTS, ConvNextConfig, read_json_object
+from .config import MODEL_TYPES, V2_VARIANTS, VARIANTS, ConvNextConfig, read_json_object
 from .errors import WeightsError
 from .labels import imagenet_labels
 from .model import ConvNeXt
@@ -94,7 +94,12 @@ def _config_from_tensors(arch: dict, scheme: str, labels=None) -> ConvNextConfig
     # transformers' ConvNextConfig default final-LN eps is 1e-12; timm and FB use their norm eps.
     head_eps = ConvNextConfig.layer_norm_eps if scheme == "hf" else eps
     return ConvNextConfig(depths=arch["depths"], hidden_sizes=arch["hidden_sizes"], norm_eps=eps,
-                          layer_norm_eps=head_eps, id2label=dict(enumerate(labels)))
+                          layer_norm_eps=head_eps, model_type=arch["model_type"],
+                          id2label=dict(enumerate(labels)))
+
+
+def _family(model_type: str) -> str:
+    return "ConvNeXt V2 (GRN blocks)" if model_type == "convnextv2" else "ConvNeXt V1 (layer scale)"
 
 
 def load_local(path: Path, *, backend: str = "auto", num_threads: int | None = None) -> ConvNeXt:
@@ -107,16 +112,23 @@ def load_local(path: Path, *, backend: str = "auto", num_threads: int | None = N
     scheme = weights.detect_scheme(state_dict, where)
     hf = weights.to_hf_names(state_dict, scheme, where)
     arch = weights.infer_architecture(hf, where)
+    hf = weights.add_fcmae_norm(hf, arch)
 
     if config_json is not None and "architecture" in config_json:  # timm layout
         if not str(config_json["architecture"]).startswith("convnext"):
             raise WeightsError(f"{path / 'config.json'}: architecture "
                                f"{config_json['architecture']!r} is not a ConvNeXt")
-        variant = str(config_json["architecture"]).removeprefix("convnext_")
-        if variant in VARIANTS and (tuple(arch["depths"]), tuple(arch["hidden_sizes"])) != VARIANTS[variant][:2]:
+        v2 = str(config_json["architecture"]).startswith("convnextv2")
+        if v2 != (arch["model_type"] == "convnextv2"):
             raise WeightsError(f"{path / 'config.json'}: architecture {config_json['architecture']!r} "
-                               f"has depths {list(VARIANTS[variant][0])} and widths "
-                               f"{list(VARIANTS[variant][1])}, but the tensors in {where} have "
+                               f"is {_family('convnextv2' if v2 else 'convnext')}, but the tensors in "
+                               f"{where} are {_family(arch['model_type'])}")
+        variant = str(config_json["architecture"]).removeprefix("convnextv2_" if v2 else "convnext_")
+        table = V2_VARIANTS if v2 else VARIANTS
+        if variant in table and (tuple(arch["depths"]), tuple(arch["hidden_sizes"])) != table[variant][:2]:
+            raise WeightsError(f"{path / 'config.json'}: architecture {config_json['architecture']!r} "
+                               f"has depths {list(table[variant][0])} and widths "
+                               f"{list(table[variant][1])}, but the tensors in {where} have "
                                f"{arch['depths']} and {arch['hidden_sizes']}")
         declared = config_json.get("num_classes", arch["num_labels"])
         if declared != arch["num_labels"]:
@@ -125,10 +137,13 @@ def load_local(path: Path, *, backend: str = "auto", num_threads: int | None = N
         config = _config_from_tensors(arch, scheme, config_json.get("label_names"))
     elif config_json is not None:  # Hugging Face layout
         model_type = config_json.get("model_type")
-        if model_type != "convnext":
-            what = "ConvNeXt V2, which convnext_np does not implement" if model_type == "convnextv2" \
-                else "not a ConvNeXt"
-            raise WeightsError(f"{path / 'config.json'}: model_type {model_type!r} is {what}")
+        if model_type not in MODEL_TYPES:
+            raise WeightsError(f"{path / 'config.json'}: model_type {model_type!r} is not a ConvNeXt "
+                               f"(expected one of {', '.join(MODEL_TYPES)})")
+        if model_type != arch["model_type"]:
+            raise WeightsError(f"{path / 'config.json'}: model_type {model_type!r} is "
+                               f"{_family(model_type)}, but the tensors in {where} are "
+                               f"{_family(arch['model_type'])}")
         config = ConvNextConfig.from_dict(config_json, where=path / "config.json")
         if arch["num_labels"] == 0:  # a ConvNextModel (no head): HF ignores num_labels then
             config.id2label = {}
