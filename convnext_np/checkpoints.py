@@ -5,6 +5,12 @@
 stem (``https://dl.fbaipublicfiles.com/convnext/<fb>.pth``). ``crop_pct`` None means the image
 is warped to a square with no crop, as all ports do at 384 (spec D.1, D.2). ``labels`` names
 the label set: ``imagenet-1k`` (1000 classes) or ``imagenet-22k`` (21841 classes).
+
+ConvNeXt V2 rows (``model_type="convnextv2"``, Woo et al. 2023) come from the
+facebookresearch/ConvNeXt-V2 README, with its published ImageNet-1k top-1 (``top1``, %); their
+``fb`` is the file under ``https://dl.fbaipublicfiles.com/convnext/convnextv2/`` without
+``.pt``. The V2 weights are licensed CC-BY-NC 4.0 (non-commercial; ``license``); ``license`` is
+None where this table does not record one.
 """
 
 from __future__ import annotations
@@ -23,6 +29,9 @@ class Checkpoint:
     crop_pct: float | None
     labels: str
     sha256: str | None = None  # of the safetensors file, where one has been pinned
+    model_type: str = "convnext"  # "convnextv2" for ConvNeXt V2
+    top1: float | None = None  # published ImageNet-1k top-1 accuracy, %
+    license: str | None = None
 
     @property
     def num_labels(self) -> int:
@@ -30,6 +39,30 @@ class Checkpoint:
 
 
 _1K, _22K = "imagenet-1k", "imagenet-22k"
+
+_V2_LICENSE = "cc-by-nc-4.0"
+
+
+def _v2(variant, pretrain, size, top1):
+    """A ConvNeXt V2 row: FCMAE pre-trained, fine-tuned on ImageNet-1k (``pretrain`` "1k"), or on
+    ImageNet-22k and then ImageNet-1k ("22k"); a 1000-class head either way."""
+    hf = f"convnextv2-{variant}-{pretrain}-{size}"
+    tag = "fcmae_ft_in1k" if pretrain == "1k" else "fcmae_ft_in22k_in1k" + ("" if size == 224 else f"_{size}")
+    fb = f"im{pretrain}/convnextv2_{variant}_{pretrain}_{size}_ema"
+    return Checkpoint(hf, variant, f"facebook/{hf}", f"convnextv2_{variant}.{tag}", fb, size, 0.875 if size < 384 else None, _1K,
+                      model_type="convnextv2", top1=top1, license=_V2_LICENSE)
+
+
+# (variant, pre-training, size, top-1): the facebookresearch/ConvNeXt-V2 README's tables.
+_V2_ROWS = (
+    ("atto", "1k", 224, 76.7), ("femto", "1k", 224, 78.5), ("pico", "1k", 224, 80.3),
+    ("nano", "1k", 224, 81.9), ("tiny", "1k", 224, 83.0), ("base", "1k", 224, 84.9),
+    ("large", "1k", 224, 85.8), ("huge", "1k", 224, 86.3),
+    ("nano", "22k", 224, 82.1), ("nano", "22k", 384, 83.4), ("tiny", "22k", 224, 83.9),
+    ("tiny", "22k", 384, 85.1), ("base", "22k", 224, 86.8), ("base", "22k", 384, 87.7),
+    ("large", "22k", 224, 87.3), ("large", "22k", 384, 88.2), ("huge", "22k", 384, 88.7),
+    ("huge", "22k", 512, 88.9),
+)
 
 CHECKPOINTS = (
     # ImageNet-1k, trained at 224 (EMA weights) or fine-tuned at 384.
@@ -62,6 +95,7 @@ CHECKPOINTS = (
     Checkpoint("convnext-pico", "pico", None, "convnext_pico.d1_in1k", None, 224, 0.875, _1K),
     Checkpoint("convnext-nano", "nano", None, "convnext_nano.d1h_in1k", None, 224, 0.95, _1K),
     Checkpoint("convnext-nano-12k-1k", "nano", None, "convnext_nano.in12k_ft_in1k", None, 224, 0.95, _1K),
+    *(_v2(*row) for row in _V2_ROWS),
 )
 
 
