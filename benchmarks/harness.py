@@ -47,15 +47,17 @@ def thread_env(threads: int, unset=(), **extra) -> dict:
 
 # --- model files ------------------------------------------------------------------------------------
 
-def model_dir(variant: str, size: int, *, onnx: bool = False, workdir: Path = WORKDIR) -> Path:
-    """A Hugging Face directory with realistic random weights (seed 0), and model.onnx on request."""
-    d = Path(workdir) / f"{variant}-{size}"
+def model_dir(variant: str, size: int, *, onnx: bool = False, workdir: Path = WORKDIR,
+              model_type: str = "convnext") -> Path:
+    """A Hugging Face directory with realistic random weights (seed 0), and model.onnx on request;
+    ``model_type="convnextv2"``: the variant as ConvNeXt V2."""
+    d = Path(workdir) / f"{variant}-{size}" if model_type == "convnext" else Path(workdir) / f"{variant}-{size}-v2"
     if not (d / "model.safetensors").is_file():
         import convnext_np as cnp
         from convnext_np import weights
         from convnext_np.testing import realistic_state_dict
 
-        config = cnp.ConvNextConfig.from_variant(variant, image_size=size)
+        config = cnp.ConvNextConfig.from_variant(variant, image_size=size, model_type=model_type)
         hf = realistic_state_dict(weights.expected_shapes(config), seed=0)
         cnp.ConvNeXt(config, weights.to_params(hf, config, variant), backend="numpy").save_pretrained(d)
     if onnx and not (d / "model.onnx").is_file():
