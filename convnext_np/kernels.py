@@ -383,6 +383,19 @@ def _scale_rows(a, r0, r1, k0, k1, scale, shift, x_row0, hw):
             row[k] = row[k] * s[k] + sh[k]
 
 
+@njit(**_JIT)
+def _sum_tasks(ssq3, n0, n1, ssq):
+    """ssq[n] = the sum over tasks t of ssq3[t, n], for images n0 <= n < n1. (A function of its
+    own: written as array expressions in a parallel kernel, each would be a parallel loop.)"""
+    for n in range(n0, n1):
+        acc = ssq[n]
+        acc[:] = ssq3[0, n]
+        for t in range(1, ssq3.shape[0]):
+            part = ssq3[t, n]
+            for c in range(acc.shape[0]):
+                acc[c] += part[c]
+
+
 @njit(fastmath=_CONTRACT, **_JIT)
 def _grn_scale(ssq, n0, n1, w, scale):
     """scale[n] = 1 + w * Nx[n] for images n0 <= n < n1, from ssq[n, c], the sum over the image's
@@ -715,7 +728,7 @@ def _block_wide(x, dw_w, dw_b, ln_w, ln_b, eps, w1, b1, grn_w, grn_b, w2, b2, ga
     hid = np.empty((m, c4), np.float32)
     o = np.empty((m, nc), np.float32)
     grn = grn_w.shape[0] > 0
-    ssq = np.zeros((n if grn else 0, c4), np.float32)
+    ssq = np.empty((n if grn else 0, c4), np.float32)
     rows = n * height
     tasks = min(rows, parts)
     for t in prange(tasks):  # contiguous image rows per task: the ring slides instead of refilling
@@ -723,6 +736,7 @@ def _block_wide(x, dw_w, dw_b, ln_w, ln_b, eps, w1, b1, grn_w, grn_b, w2, b2, ga
         _dwconv_span(x, p0, p1, dw_w, dw_b, ln_w, ln_b, eps, a, p0)
     for t in prange(parts):
         c0, c1 = _split(c4, parts, t, NR)
+        ssq[:, c0:c1] = _ZERO  # each task owns its columns of the sums
         _gemm(a, w1, hid, 0, m, c0, c1, EPI_GELU_SQ if grn else EPI_GELU, b1, gamma, x2, out2, 0,
               ssq, e2, b1, hw)
     if grn:
@@ -762,13 +776,10 @@ def _block_tall_grn(x, dw_w, dw_b, ln_w, ln_b, eps, w1, b1, grn_w, grn_b, w2, b2
         p0, rows = g0 * hw, (g1 - g0) * hw
         for t in prange(ntasks):
             lo, hi = t * rows // ntasks, (t + 1) * rows // ntasks
-            ssq3[t, g0:g1] = _ZERO
+            ssq3[t, g0:g1] = _ZERO  # inside a parallel loop: a plain loop
             _dwconv_span(x, p0 + lo, p0 + hi, dw_w, dw_b, ln_w, ln_b, eps, a, lo)
             _gemm(a, w1, hid, lo, hi, 0, c4, EPI_GELU_SQ, b1, gamma, x2, out2, p0, ssq3[t], e2, b1, hw)
-        for im in range(g0, g1):
-            ssq[im] = ssq3[0, im]
-            for t in range(1, ntasks):
-                ssq[im] += ssq3[t, im]
+        _sum_tasks(ssq3, g0, g1, ssq)
         _grn_scale(ssq, g0, g1, grn_w, scale)
         for t in prange(ntasks):
             lo, hi = t * rows // ntasks, (t + 1) * rows // ntasks
