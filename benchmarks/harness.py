@@ -193,12 +193,13 @@ def worker(spec: dict) -> None:
             break
         x = inputs[cmd["batch"]]
         f(x)  # untimed: the first pass after a pause pays for page faults and cold caches
-        times = []
+        times, cpu = [], []
         for _ in range(cmd["iters"]):
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             f(x)
             times.append(time.perf_counter() - t0)
-        print(json.dumps({"times": times}), flush=True)
+            cpu.append(time.process_time() - c0)
+        print(json.dumps({"times": times, "cpu": cpu}), flush=True)
 
 
 def oneshot(spec: dict) -> None:
@@ -246,9 +247,12 @@ class Worker:
         return json.loads(line)
 
     def time(self, batch: int, iters: int) -> list:
+        """Wall-clock seconds of ``iters`` passes; their CPU seconds (all threads) go to ``last_cpu``."""
         self.proc.stdin.write(json.dumps({"op": "time", "batch": batch, "iters": iters}) + "\n")
         self.proc.stdin.flush()
-        return self._read()["times"]
+        reply = self._read()
+        self.last_cpu = reply["cpu"]
+        return reply["times"]
 
     def close(self):
         try:

@@ -281,28 +281,28 @@ def _panels(w):
     return panels
 
 
-def _tile_gemm(a, i0, mv, k0, kc, panels, jp, nv, c, accumulate):
-    """c[i0:i0+mv, j0:j0+nv] (+)= a[i0:i0+mv, k0:k0+kc] @ w[k0:k0+kc, j0:j0+nv], j0 = jp * NR,
+def _tile_gemm(a, ai, mv, k0, kc, panels, jp, nv, c, ci, accumulate):
+    """c[ci:ci+mv, j0:j0+nv] (+)= a[ai:ai+mv, k0:k0+kc] @ w[k0:k0+kc, j0:j0+nv], j0 = jp * NR,
     for the weight w whose panels these are.
 
     This body runs under ``NUMBA_DISABLE_JIT``; compiled code runs the register-blocked kernel
     above on the same block (mv <= MR, nv <= NR).
     """
     j0 = jp * NR
-    prod = a[i0:i0 + mv, k0:k0 + kc] @ panels[jp, k0:k0 + kc, :nv]
+    prod = a[ai:ai + mv, k0:k0 + kc] @ panels[jp, k0:k0 + kc, :nv]
     if accumulate:
-        c[i0:i0 + mv, j0:j0 + nv] += prod
+        c[ci:ci + mv, j0:j0 + nv] += prod
     else:
-        c[i0:i0 + mv, j0:j0 + nv] = prod
+        c[ci:ci + mv, j0:j0 + nv] = prod
 
 
 @overload(_tile_gemm)
-def _tile_gemm_jit(a, i0, mv, k0, kc, panels, jp, nv, c, accumulate):
-    def impl(a, i0, mv, k0, kc, panels, jp, nv, c, accumulate):
+def _tile_gemm_jit(a, ai, mv, k0, kc, panels, jp, nv, c, ci, accumulate):
+    def impl(a, ai, mv, k0, kc, panels, jp, nv, c, ci, accumulate):
         lda, ldc = a.strides[0] // 4, c.strides[0] // 4
         b = panels.ctypes.data + 4 * (jp * panels.shape[1] + k0) * NR
-        _microkernel(kc, a.ctypes.data + 4 * (i0 * lda + k0), lda, b, NR,
-                     c.ctypes.data + 4 * (i0 * ldc + jp * NR), ldc, mv, nv, 1 if accumulate else 0)
+        _microkernel(kc, a.ctypes.data + 4 * (ai * lda + k0), lda, b, NR,
+                     c.ctypes.data + 4 * (ci * ldc + jp * NR), ldc, mv, nv, 1 if accumulate else 0)
 
     return impl
 
@@ -373,14 +373,15 @@ def _bias_gelu_sq(h, r0, r1, c0, c1, b, ssq, x_row0, hw):
 
 
 @njit(fastmath=_CONTRACT, **_JIT)
-def _scale_rows(a, r0, r1, k0, k1, scale, shift, x_row0, hw):
-    """a[r, k0:k1] = a[r, k0:k1] * scale[image of row r, k0:k1] + shift[k0:k1], in place (row r is
-    pixel x_row0 + r of images of hw pixels): GRN applied to fc2's input (_grn_scale)."""
+def _scale_rows(a, r0, r1, k0, k1, scale, shift, x_row0, hw, dst, d0):
+    """dst[d0 + r - r0, k0:k1] = a[r, k0:k1] * scale[image of row r, k0:k1] + shift[k0:k1] (row r
+    is pixel x_row0 + r of images of hw pixels; dst may be a): GRN applied to fc2's input
+    (_grn_scale)."""
     sh = shift[k0:k1]
     for r in range(r0, r1):
-        row, s = a[r, k0:k1], scale[(x_row0 + r) // hw, k0:k1]
+        row, s, out = a[r, k0:k1], scale[(x_row0 + r) // hw, k0:k1], dst[d0 + r - r0, k0:k1]
         for k in range(k1 - k0):
-            row[k] = row[k] * s[k] + sh[k]
+            out[k] = row[k] * s[k] + sh[k]
 
 
 @njit(**_JIT)
@@ -475,9 +476,11 @@ def _gemm(a, b, c, r0, r1, j0, j1, epilogue, bias, gamma, x2, out2, x_row0, ssq,
     - EPI_RESIDUAL: ``out2[x_row0 + r] = x2[x_row0 + r] + gamma * (c[r] + bias)`` (fc2; ``c`` is
       scratch).
 
-    With ``scale`` not empty, each MC x KC block of ``a`` is first replaced, while it is brought
-    into L2 for the GEMM, by ``a * scale[image] + shift`` (fc2 of a V2 block: GRN, _grn_scale).
-    Row r of ``a`` and ``c`` is pixel ``x_row0 + r`` of the batch, image ``(x_row0 + r) // hw``.
+    With ``scale`` not empty, the GEMM's input is ``a * scale[image] + shift`` (fc2 of a V2 block:
+    GRN, _grn_scale): each MC x KC block of ``a`` is written so into a buffer of its own (in L2)
+    that the kernel then reads, as BLIS packs its blocks; ``a`` itself is left as it is, so its
+    lines are never written back. Row r of ``a`` and ``c`` is pixel ``x_row0 + r`` of the batch,
+    image ``(x_row0 + r) // hw``.
 
     ``a`` and ``c`` are indexed by the same row numbers; rows only need unit inner strides.
     Loop order (BLIS's): row blocks of MC, k blocks of KC, weight panels, row tiles of MR. The
@@ -490,17 +493,22 @@ def _gemm(a, b, c, r0, r1, j0, j1, epilogue, bias, gamma, x2, out2, x_row0, ssq,
     k = a.shape[1]
     steps = max(1, -(-k // KC))
     kc_step = max(1, -(-k // steps))  # equal k blocks: 384 -> 2 x 192, not 256 + 128
+    scaled = scale.shape[0] > 0
+    ap = np.empty((MC if scaled else 0, k), np.float32)  # the scaled row block (columns p0:p0+kc)
     for ic in range(r0, r1, MC):
         ic1 = min(r1, ic + MC)
         for p0 in range(0, max(k, 1), kc_step):
             kc = max(0, min(kc_step, k - p0))
             last = p0 + kc >= k
-            if scale.shape[0] > 0:
-                _scale_rows(a, ic, ic1, p0, p0 + kc, scale, shift, x_row0, hw)
+            if scaled:
+                _scale_rows(a, ic, ic1, p0, p0 + kc, scale, shift, x_row0, hw, ap, 0)
             for jp in range(j0 // NR, -(-j1 // NR)):
                 nv = min(NR, j1 - jp * NR)
                 for i in range(ic, ic1, MR):
-                    _tile_gemm(a, i, min(MR, ic1 - i), p0, kc, b, jp, nv, c, p0 > 0)
+                    if scaled:
+                        _tile_gemm(ap, i - ic, min(MR, ic1 - i), p0, kc, b, jp, nv, c, i, p0 > 0)
+                    else:
+                        _tile_gemm(a, i, min(MR, ic1 - i), p0, kc, b, jp, nv, c, i, p0 > 0)
                 if last:
                     c0, c1 = jp * NR, jp * NR + nv
                     if epilogue == EPI_BIAS:
@@ -743,7 +751,8 @@ def _block_wide(x, dw_w, dw_b, ln_w, ln_b, eps, w1, b1, grn_w, grn_b, w2, b2, ga
         scale = np.empty((n, c4), np.float32)
         _grn_scale(ssq, 0, n, grn_w, scale)
         for t in prange(tasks):
-            _scale_rows(hid, t * m // tasks, (t + 1) * m // tasks, 0, c4, scale, grn_b, 0, hw)
+            r0, r1 = t * m // tasks, (t + 1) * m // tasks
+            _scale_rows(hid, r0, r1, 0, c4, scale, grn_b, 0, hw, hid, r0)
     for t in prange(parts):
         c0, c1 = _split(nc, parts, t, NR)
         _gemm(hid, w2, o, 0, m, c0, c1, EPI_RESIDUAL, b2, gamma, x2, out2, 0, e2, e2, b2, 1)
@@ -1090,7 +1099,8 @@ def _grn(x2, hw, w, b, ntasks):
                 acc[c] += row[c] * row[c]
     _grn_scale(ssq, 0, n, w, scale)
     for t in prange(ntasks):
-        _scale_rows(x2, t * m // ntasks, (t + 1) * m // ntasks, 0, nc, scale, b, 0, hw)
+        r0, r1 = t * m // ntasks, (t + 1) * m // ntasks
+        _scale_rows(x2, r0, r1, 0, nc, scale, b, 0, hw, x2, r0)
 
 
 def block(x, dwconv_w, dwconv_b, norm_w, norm_b, pwconv1_w, pwconv1_b, pwconv2_w, pwconv2_b,
