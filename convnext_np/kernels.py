@@ -760,26 +760,43 @@ def _block_wide(x, dw_w, dw_b, ln_w, ln_b, eps, w1, b1, grn_w, grn_b, w2, b2, ga
 
 @njit(parallel=True, **_JIT)
 def _block_tall_grn(x, dw_w, dw_b, ln_w, ln_b, eps, w1, b1, grn_w, grn_b, w2, b2, gamma, group, ntasks,
-                    a, hid, ssq3, out):
-    """The ConvNeXt V2 block on tiles of rows, a group of ``group`` whole images at a time.
+                    a3, hid3, ssq3, out):
+    """The ConvNeXt V2 block on rows: whole images per thread, or tiles of groups of images.
 
     GRN needs, before fc2 can start on an image, the sums of squares of the image's whole fc1
-    output. So per group: (1) each tile does dwconv + LayerNorm, fc1, bias + GELU, and adds the
-    squares of its fc1 output to its own per-image sums, in the GEMM's epilogue while each block
-    is in L1; (2) the tiles' sums are added up and turned into GRN's scale per image and channel
-    (_grn_scale); (3) each tile runs fc2 on its fc1 output, which the GEMM scales and shifts by
-    GRN block by block as it brings it into L2, then bias (+ layer scale) + residual. The fc1
-    output of a group (``hid``, sized like the V1 block's tiles together) waits between (1) and
-    (3); ``a`` holds the LayerNorm output, then fc2's.
+    output. Per image (or group of images): (1) dwconv + LayerNorm, fc1, bias + GELU, with the
+    squares of the fc1 output summed per image in the GEMM's epilogue while each block is in L1;
+    (2) the sums turned into GRN's scale per image and channel (_grn_scale); (3) fc2 on the fc1
+    output, which the GEMM scales and shifts by GRN as it packs each block into L2, then bias
+    (+ layer scale) + residual. ``a3`` holds the LayerNorm output, then fc2's; ``hid3`` the fc1
+    output between (1) and (3).
+
+    ``group`` 0 (the batch is a multiple of the threads): each thread takes whole images, one
+    at a time, in its own ``a3[t]``, ``hid3[t]``: no thread waits for another inside the block.
+    Otherwise (fewer images than threads, say) the images go ``group`` at a time, and (1) and (3)
+    are each split into ``ntasks`` tiles of rows across the threads, with a barrier between;
+    each tile sums its squares into its own ``ssq3[t]``.
     """
-    e2 = np.empty((0, 0), np.float32)  # no GRN sums, no GRN scale
     n, height, width, nc = x.shape
     hw = height * width
     m = n * hw
     c4 = b1.shape[0]  # w1, w2: panels (pack)
     x2, out2 = x.reshape(m, nc), out.reshape(m, nc)
-    ssq = np.empty((n, c4), np.float32)
+    e2 = np.empty((0, 0), np.float32)
     scale = np.empty((n, c4), np.float32)
+    if group == 0:
+        ssq = ssq3[0]
+        for t in prange(a3.shape[0]):
+            a, hid = a3[t], hid3[t]
+            for im in range(t, n, a3.shape[0]):
+                ssq[im] = _ZERO  # inside a parallel loop: a plain loop
+                _dwconv_span(x, im * hw, (im + 1) * hw, dw_w, dw_b, ln_w, ln_b, eps, a, 0)
+                _gemm(a, w1, hid, 0, hw, 0, c4, EPI_GELU_SQ, b1, gamma, x2, out2, im * hw, ssq, e2, b1, hw)
+                _grn_scale(ssq, im, im + 1, grn_w, scale)
+                _gemm(hid, w2, a, 0, hw, 0, nc, EPI_RESIDUAL, b2, gamma, x2, out2, im * hw, e2, scale, grn_b, hw)
+        return
+    a, hid = a3[0], hid3[0]
+    ssq = np.empty((n, c4), np.float32)
     for g0 in range(0, n, group):
         g1 = min(n, g0 + group)
         p0, rows = g0 * hw, (g1 - g0) * hw
@@ -1130,14 +1147,19 @@ def block(x, dwconv_w, dwconv_b, norm_w, norm_b, pwconv1_w, pwconv1_b, pwconv2_w
     if not _is_tall(m, threads):
         _block_wide(x, dw_w, dw_b, ln_w, ln_b, _F32(eps), _panels(w1), b1, gw, gb, _panels(w2), b2, g,
                     threads, out)
-    elif v2:  # whole images per group, the group's fc1 output about the size of V1's tiles together
+    elif v2:
         n, hw = x.shape[0], x.shape[1] * x.shape[2]
-        group = min(n, max(1, threads * TILE_FLOATS // (hw * c4)))
-        tasks = _row_tasks(group * hw, c4, threads)
-        a, hid = (s[0] for s in _scratch(1, group * hw, c, c4))
-        ssq3 = np.empty((tasks, n, c4), np.float32)
+        if n % threads == 0:  # whole images per thread
+            group, tasks = 0, threads
+            a3, hid3 = _scratch(threads, hw, c, c4)
+            ssq3 = np.empty((1, n, c4), np.float32)
+        else:  # groups of images whose fc1 output is about the size of V1's tiles together
+            group = min(n, max(1, threads * TILE_FLOATS // (hw * c4)))
+            tasks = _row_tasks(group * hw, c4, threads)
+            a3, hid3 = _scratch(1, group * hw, c, c4)
+            ssq3 = np.empty((tasks, n, c4), np.float32)
         _block_tall_grn(x, dw_w, dw_b, ln_w, ln_b, _F32(eps), _panels(w1), b1, gw, gb, _panels(w2), b2, g,
-                        group, tasks, a, hid, ssq3, out)
+                        group, tasks, a3, hid3, ssq3, out)
     else:
         tasks = _row_tasks(m, c4, threads)
         a3, hid3, o3 = _scratch(threads, -(-m // tasks), c, c4, c)
