@@ -724,7 +724,8 @@ def _block_wide(x, dw_w, dw_b, ln_w, ln_b, eps, w1, b1, grn_w, grn_b, w2, b2, ga
     of 4C; fc2 + bias + layer scale + residual by column blocks of C. Each thread then reads only
     its share of the weights, which dominate at these sizes. With a GRN (``grn_w`` not empty,
     ConvNeXt V2), fc1 also sums the squares of its output per image and column (each thread owns
-    its columns), and a fourth phase, by rows, applies GRN to the fc1 output before fc2.
+    its columns), and each fc2 task applies GRN to the rows it packs (its own copy: the fc1
+    output is small here, and no fourth phase is needed).
     """
     e2 = np.empty((0, 0), np.float32)  # no GRN sums, no GRN scale
     n, height, width, nc = x.shape
@@ -747,15 +748,11 @@ def _block_wide(x, dw_w, dw_b, ln_w, ln_b, eps, w1, b1, grn_w, grn_b, w2, b2, ga
         ssq[:, c0:c1] = _ZERO  # each task owns its columns of the sums
         _gemm(a, w1, hid, 0, m, c0, c1, EPI_GELU_SQ if grn else EPI_GELU, b1, gamma, x2, out2, 0,
               ssq, e2, b1, hw)
-    if grn:
-        scale = np.empty((n, c4), np.float32)
-        _grn_scale(ssq, 0, n, grn_w, scale)
-        for t in prange(tasks):
-            r0, r1 = t * m // tasks, (t + 1) * m // tasks
-            _scale_rows(hid, r0, r1, 0, c4, scale, grn_b, 0, hw, hid, r0)
+    scale = np.empty((n if grn else 0, c4), np.float32)
+    _grn_scale(ssq, 0, n if grn else 0, grn_w, scale)
     for t in prange(parts):
         c0, c1 = _split(nc, parts, t, NR)
-        _gemm(hid, w2, o, 0, m, c0, c1, EPI_RESIDUAL, b2, gamma, x2, out2, 0, e2, e2, b2, 1)
+        _gemm(hid, w2, o, 0, m, c0, c1, EPI_RESIDUAL, b2, gamma, x2, out2, 0, e2, scale, grn_b, hw)
 
 
 @njit(parallel=True, **_JIT)
