@@ -123,6 +123,8 @@ class ConvNeXt:
 
     def __repr__(self):
         variant = self.config.variant() or f"depths={self.config.depths}"
+        if self.config.model_type == "convnextv2":
+            variant = f"V2 {variant}"
         return (f"ConvNeXt({variant}, num_labels={self.config.num_labels}, "
                 f"backend={self.backend!r}, source={self.source!r})")
 
