@@ -504,11 +504,9 @@ def _gemm(a, b, c, r0, r1, j0, j1, epilogue, bias, gamma, x2, out2, x_row0, ssq,
                 _scale_rows(a, ic, ic1, p0, p0 + kc, scale, shift, x_row0, hw, ap, 0)
             for jp in range(j0 // NR, -(-j1 // NR)):
                 nv = min(NR, j1 - jp * NR)
+                src, row0 = (ap, ic) if scaled else (a, 0)  # one call site: the kernel's IR is big
                 for i in range(ic, ic1, MR):
-                    if scaled:
-                        _tile_gemm(ap, i - ic, min(MR, ic1 - i), p0, kc, b, jp, nv, c, i, p0 > 0)
-                    else:
-                        _tile_gemm(a, i, min(MR, ic1 - i), p0, kc, b, jp, nv, c, i, p0 > 0)
+                    _tile_gemm(src, i - row0, min(MR, ic1 - i), p0, kc, b, jp, nv, c, i, p0 > 0)
                 if last:
                     c0, c1 = jp * NR, jp * NR + nv
                     if epilogue == EPI_BIAS:
