@@ -1115,6 +1115,12 @@ def _grn(x2, hw, w, b, ntasks):
         _scale_rows(x2, r0, r1, 0, nc, scale, b, 0, hw, x2, r0)
 
 
+def _read_only_ones(c):
+    ones = np.ones(c, np.float32)
+    ones.flags.writeable = False
+    return ones
+
+
 def block(x, dwconv_w, dwconv_b, norm_w, norm_b, pwconv1_w, pwconv1_b, pwconv2_w, pwconv2_b,
           gamma=None, grn_w=None, grn_b=None, *, eps, ops=None):
     """The ConvNeXt block of :func:`convnext_np.model.block`, fused (``ops`` is ignored): V1 with
@@ -1126,9 +1132,12 @@ def block(x, dwconv_w, dwconv_b, norm_w, norm_b, pwconv1_w, pwconv1_b, pwconv2_w
     dw_w, dw_b, ln_w, ln_b, w1, b1, w2, b2 = (_f32(a) for a in (
         dwconv_w, dwconv_b, norm_w, norm_b, pwconv1_w, pwconv1_b, pwconv2_w, pwconv2_b))
     c = x.shape[-1]
-    g = np.ones(c, np.float32) if gamma is None else _f32(gamma)
+    # Without layer scale (V2), a scale of ones; without GRN (V1), empty views of a bias. Both are
+    # then arrays of the type of the loaded weights (read-only ones, for a model), so V1 and V2
+    # share every compiled specialization of the kernels they have in common.
+    g = _f32(gamma) if gamma is not None else _read_only_ones(c)
     v2 = grn_w is not None
-    gw, gb = (_f32(grn_w), _f32(grn_b)) if v2 else (_NONE, _NONE)
+    gw, gb = (_f32(grn_w), _f32(grn_b)) if v2 else (b1[:0], b1[:0])
     _check(x.ndim == 4 and dw_w.ndim == 3 and dw_w.shape[0] == dw_w.shape[1] and dw_w.shape[0] % 2
            and dw_w.shape[2] == c and dw_b.shape == ln_w.shape == ln_b.shape == b2.shape == g.shape == (c,)
            and w1.ndim == 2 and w1.shape[0] == c and b1.shape == (w1.shape[1],)
