@@ -81,7 +81,8 @@ def main(argv=None):
         for name, d in dirs.items():
             with tempfile.TemporaryDirectory() as cache:
                 r = harness.run_oneshot("numba", d, args.size, 1, args.threads, NUMBA_CACHE_DIR=cache)
-            print(f"  {'ConvNeXt V2' if name == 'convnextv2' else 'ConvNeXt V1'}: {r['first_forward_s']:.1f} s")
+            print(f"  {'ConvNeXt V2' if name == 'convnextv2' else 'ConvNeXt V1'}: {r['first_forward_s']:.1f} s "
+                  f"wall-clock, {r['first_forward_cpu_s']:.1f} s CPU")
 
 
 if __name__ == "__main__":

@@ -214,9 +214,9 @@ def oneshot(spec: dict) -> None:
     f = build(spec["contender"], Path(spec["dir"]), spec["threads"])
     loaded_kib = vm_kib("VmRSS")
     x = pixels(spec["batch"], spec["size"])
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     f(x)
-    first_s = time.perf_counter() - t0
+    first_s, first_cpu_s = time.perf_counter() - t0, time.process_time() - c0
     layer = None
     if spec["contender"] == "numba":
         import numba
@@ -224,6 +224,7 @@ def oneshot(spec: dict) -> None:
         layer = numba.threading_layer()
     print(json.dumps({"threading_layer": layer, "first_logits_at": time.time(), "import_s": import_s,
                       "numba_imported_by_import": numba_imported, "first_forward_s": first_s,
+                      "first_forward_cpu_s": first_cpu_s,
                       "rss_loaded_kib": loaded_kib, "peak_kib": vm_kib("VmHWM")}), flush=True)
 
 
