@@ -360,16 +360,14 @@ def _bias_gelu(h, r0, r1, c0, c1, b):
 
 
 @njit(fastmath=_CONTRACT, **_JIT)
-def _bias_gelu_sq(h, r0, r1, c0, c1, b, ssq, x_row0, hw):
-    """_bias_gelu, and ssq[image of row r, c] += h[r, c]^2 (row r is pixel x_row0 + r of images of
-    hw pixels): GRN's sums of squares, taken while the block is in L1."""
-    bias = b[c0:c1]
+def _add_squares(h, r0, r1, c0, c1, ssq, x_row0, hw):
+    """ssq[image of row r, c] += h[r, c]^2 for the block (row r is pixel x_row0 + r of images of hw
+    pixels): GRN's sums of squares, taken while the block is in L1. (Not fused into _bias_gelu's
+    loop: that would compile GELU once more into every specialization of _gemm.)"""
     for r in range(r0, r1):
         row, acc = h[r, c0:c1], ssq[(x_row0 + r) // hw, c0:c1]
         for c in range(c1 - c0):
-            v = _gelu1(row[c] + bias[c])
-            row[c] = v
-            acc[c] += v * v
+            acc[c] += row[c] * row[c]
 
 
 @njit(fastmath=_CONTRACT, **_JIT)
@@ -462,7 +460,7 @@ def _layer_norm_rows(v, r0, r1, w, b, eps, out):
 
 
 # The epilogues of _gemm: what happens to each MC x NR block of outputs once its sums are final.
-EPI_BIAS, EPI_GELU, EPI_RESIDUAL, EPI_GELU_SQ = 0, 1, 2, 3
+EPI_BIAS, EPI_GELU, EPI_RESIDUAL = 0, 1, 2
 
 
 @njit(**_JIT)
@@ -471,16 +469,17 @@ def _gemm(a, b, c, r0, r1, j0, j1, epilogue, bias, gamma, x2, out2, x_row0, ssq,
     on each block of at most MC rows x NR columns, while it is in L1:
 
     - EPI_BIAS: ``c += bias``;
-    - EPI_GELU: ``c = gelu(c + bias)`` (fc1);
-    - EPI_GELU_SQ: the same, and ``ssq[image, j] += c[r, j]^2`` (fc1 of a V2 block: GRN's sums);
+    - EPI_GELU: ``c = gelu(c + bias)`` (fc1); with ``ssq`` (fc1 of a V2 block), also
+      ``ssq[image, j] += c[r, j]^2``, GRN's sums of squares;
     - EPI_RESIDUAL: ``out2[x_row0 + r] = x2[x_row0 + r] + gamma * (c[r] + bias)`` (fc2; ``c`` is
       scratch).
 
-    With ``scale`` not empty, the GEMM's input is ``a * scale[image] + shift`` (fc2 of a V2 block:
+    With ``scale`` (fc2 of a V2 block), the GEMM's input is ``a * scale[image] + shift`` (fc2 of a V2 block:
     GRN, _grn_scale): each MC x KC block of ``a`` is written so into a buffer of its own (in L2)
     that the kernel then reads, as BLIS packs its blocks; ``a`` itself is left as it is, so its
     lines are never written back. Row r of ``a`` and ``c`` is pixel ``x_row0 + r`` of the batch,
-    image ``(x_row0 + r) // hw``.
+    image ``(x_row0 + r) // hw``. ``ssq``, ``scale`` and ``shift`` are None for a V1 block: Numba
+    then prunes the branches that use them, so that a V1 model compiles none of GRN's code.
 
     ``a`` and ``c`` are indexed by the same row numbers; rows only need unit inner strides.
     Loop order (BLIS's): row blocks of MC, k blocks of KC, weight panels, row tiles of MR. The
@@ -493,28 +492,30 @@ def _gemm(a, b, c, r0, r1, j0, j1, epilogue, bias, gamma, x2, out2, x_row0, ssq,
     k = a.shape[1]
     steps = max(1, -(-k // KC))
     kc_step = max(1, -(-k // steps))  # equal k blocks: 384 -> 2 x 192, not 256 + 128
-    scaled = scale.shape[0] > 0
-    ap = np.empty((MC if scaled else 0, k), np.float32)  # the scaled row block (columns p0:p0+kc)
+    if scale is not None:
+        ap = np.empty((MC, k), np.float32)  # the scaled row block (columns p0:p0+kc)
     for ic in range(r0, r1, MC):
         ic1 = min(r1, ic + MC)
         for p0 in range(0, max(k, 1), kc_step):
             kc = max(0, min(kc_step, k - p0))
             last = p0 + kc >= k
-            if scaled:
+            if scale is not None:
                 _scale_rows(a, ic, ic1, p0, p0 + kc, scale, shift, x_row0, hw, ap, 0)
             for jp in range(j0 // NR, -(-j1 // NR)):
                 nv = min(NR, j1 - jp * NR)
-                src, row0 = (ap, ic) if scaled else (a, 0)  # one call site: the kernel's IR is big
                 for i in range(ic, ic1, MR):
-                    _tile_gemm(src, i - row0, min(MR, ic1 - i), p0, kc, b, jp, nv, c, i, p0 > 0)
+                    if scale is None:
+                        _tile_gemm(a, i, min(MR, ic1 - i), p0, kc, b, jp, nv, c, i, p0 > 0)
+                    else:
+                        _tile_gemm(ap, i - ic, min(MR, ic1 - i), p0, kc, b, jp, nv, c, i, p0 > 0)
                 if last:
                     c0, c1 = jp * NR, jp * NR + nv
                     if epilogue == EPI_BIAS:
                         _add_bias(c, ic, ic1, c0, c1, bias)
                     elif epilogue == EPI_GELU:
                         _bias_gelu(c, ic, ic1, c0, c1, bias)
-                    elif epilogue == EPI_GELU_SQ:
-                        _bias_gelu_sq(c, ic, ic1, c0, c1, bias, ssq, x_row0, hw)
+                        if ssq is not None:
+                            _add_squares(c, ic, ic1, c0, c1, ssq, x_row0, hw)
                     else:
                         _residual(x2, c, x_row0, x_row0 + ic, x_row0 + ic1, c0, c1, gamma, bias, out2)
 
@@ -697,7 +698,6 @@ def _block_tall(x, dw_w, dw_b, ln_w, ln_b, eps, w1, b1, w2, b2, gamma, ntasks, a
     Fuses: dwconv + LayerNorm (one pass into the tile's fc1 input), fc1 GEMM, bias + GELU (in
     place, while the tile is in cache), fc2 GEMM, bias + layer scale + residual (one pass).
     """
-    e2 = np.empty((0, 0), np.float32)  # no GRN sums, no GRN scale
     n, height, width, nc = x.shape
     m = n * height * width
     c4 = b1.shape[0]  # w1, w2: panels (pack)
@@ -710,8 +710,8 @@ def _block_tall(x, dw_w, dw_b, ln_w, ln_b, eps, w1, b1, w2, b2, gamma, ntasks, a
             r0, r1 = t * m // ntasks, (t + 1) * m // ntasks
             mt = r1 - r0
             _dwconv_span(x, r0, r1, dw_w, dw_b, ln_w, ln_b, eps, a, 0)
-            _gemm(a, w1, hid, 0, mt, 0, c4, EPI_GELU, b1, gamma, x2, out2, 0, e2, e2, b1, 1)
-            _gemm(hid, w2, o, 0, mt, 0, nc, EPI_RESIDUAL, b2, gamma, x2, out2, r0, e2, e2, b2, 1)
+            _gemm(a, w1, hid, 0, mt, 0, c4, EPI_GELU, b1, gamma, x2, out2, 0, None, None, None, 1)
+            _gemm(hid, w2, o, 0, mt, 0, nc, EPI_RESIDUAL, b2, gamma, x2, out2, r0, None, None, None, 1)
 
 
 @njit(parallel=True, **_JIT)
@@ -720,12 +720,11 @@ def _block_wide(x, dw_w, dw_b, ln_w, ln_b, eps, w1, b1, grn_w, grn_b, w2, b2, ga
 
     Three parallel phases: dwconv + LayerNorm by image rows; fc1 + bias + GELU by column blocks
     of 4C; fc2 + bias + layer scale + residual by column blocks of C. Each thread then reads only
-    its share of the weights, which dominate at these sizes. With a GRN (``grn_w`` not empty,
-    ConvNeXt V2), fc1 also sums the squares of its output per image and column (each thread owns
+    its share of the weights, which dominate at these sizes. With a GRN (``grn_w`` not None,
+    ConvNeXt V2; for None, Numba prunes the GRN branches), fc1 also sums the squares of its output per image and column (each thread owns
     its columns), and each fc2 task applies GRN to the rows it packs (its own copy: the fc1
     output is small here, and no fourth phase is needed).
     """
-    e2 = np.empty((0, 0), np.float32)  # no GRN sums, no GRN scale
     n, height, width, nc = x.shape
     hw = height * width
     m = n * hw
@@ -734,8 +733,8 @@ def _block_wide(x, dw_w, dw_b, ln_w, ln_b, eps, w1, b1, grn_w, grn_b, w2, b2, ga
     a = np.empty((m, nc), np.float32)
     hid = np.empty((m, c4), np.float32)
     o = np.empty((m, nc), np.float32)
-    grn = grn_w.shape[0] > 0
-    ssq = np.empty((n if grn else 0, c4), np.float32)
+    if grn_w is not None:
+        ssq = np.empty((n, c4), np.float32)
     rows = n * height
     tasks = min(rows, parts)
     for t in prange(tasks):  # contiguous image rows per task: the ring slides instead of refilling
@@ -743,14 +742,20 @@ def _block_wide(x, dw_w, dw_b, ln_w, ln_b, eps, w1, b1, grn_w, grn_b, w2, b2, ga
         _dwconv_span(x, p0, p1, dw_w, dw_b, ln_w, ln_b, eps, a, p0)
     for t in prange(parts):
         c0, c1 = _split(c4, parts, t, NR)
-        ssq[:, c0:c1] = _ZERO  # each task owns its columns of the sums
-        _gemm(a, w1, hid, 0, m, c0, c1, EPI_GELU_SQ if grn else EPI_GELU, b1, gamma, x2, out2, 0,
-              ssq, e2, b1, hw)
-    scale = np.empty((n if grn else 0, c4), np.float32)
-    _grn_scale(ssq, 0, n if grn else 0, grn_w, scale)
+        if grn_w is None:
+            _gemm(a, w1, hid, 0, m, c0, c1, EPI_GELU, b1, gamma, x2, out2, 0, None, None, None, 1)
+        else:
+            ssq[:, c0:c1] = _ZERO  # each task owns its columns of the sums
+            _gemm(a, w1, hid, 0, m, c0, c1, EPI_GELU, b1, gamma, x2, out2, 0, ssq, None, None, hw)
+    if grn_w is not None:
+        scale = np.empty((n, c4), np.float32)
+        _grn_scale(ssq, 0, n, grn_w, scale)
     for t in prange(parts):
         c0, c1 = _split(nc, parts, t, NR)
-        _gemm(hid, w2, o, 0, m, c0, c1, EPI_RESIDUAL, b2, gamma, x2, out2, 0, e2, scale, grn_b, hw)
+        if grn_w is None:
+            _gemm(hid, w2, o, 0, m, c0, c1, EPI_RESIDUAL, b2, gamma, x2, out2, 0, None, None, None, 1)
+        else:
+            _gemm(hid, w2, o, 0, m, c0, c1, EPI_RESIDUAL, b2, gamma, x2, out2, 0, None, scale, grn_b, hw)
 
 
 @njit(parallel=True, **_JIT)
@@ -777,7 +782,6 @@ def _block_tall_grn(x, dw_w, dw_b, ln_w, ln_b, eps, w1, b1, grn_w, grn_b, w2, b2
     m = n * hw
     c4 = b1.shape[0]  # w1, w2: panels (pack)
     x2, out2 = x.reshape(m, nc), out.reshape(m, nc)
-    e2 = np.empty((0, 0), np.float32)
     scale = np.empty((n, c4), np.float32)
     if group == 0:
         ssq = ssq3[0]
@@ -786,9 +790,9 @@ def _block_tall_grn(x, dw_w, dw_b, ln_w, ln_b, eps, w1, b1, grn_w, grn_b, w2, b2
             for im in range(t, n, a3.shape[0]):
                 ssq[im] = _ZERO  # inside a parallel loop: a plain loop
                 _dwconv_span(x, im * hw, (im + 1) * hw, dw_w, dw_b, ln_w, ln_b, eps, a, 0)
-                _gemm(a, w1, hid, 0, hw, 0, c4, EPI_GELU_SQ, b1, gamma, x2, out2, im * hw, ssq, e2, b1, hw)
+                _gemm(a, w1, hid, 0, hw, 0, c4, EPI_GELU, b1, gamma, x2, out2, im * hw, ssq, None, None, hw)
                 _grn_scale(ssq, im, im + 1, grn_w, scale)
-                _gemm(hid, w2, a, 0, hw, 0, nc, EPI_RESIDUAL, b2, gamma, x2, out2, im * hw, e2, scale, grn_b, hw)
+                _gemm(hid, w2, a, 0, hw, 0, nc, EPI_RESIDUAL, b2, gamma, x2, out2, im * hw, None, scale, grn_b, hw)
         return
     a, hid = a3[0], hid3[0]
     ssq = np.empty((n, c4), np.float32)
@@ -799,29 +803,27 @@ def _block_tall_grn(x, dw_w, dw_b, ln_w, ln_b, eps, w1, b1, grn_w, grn_b, w2, b2
             lo, hi = t * rows // ntasks, (t + 1) * rows // ntasks
             ssq3[t, g0:g1] = _ZERO  # inside a parallel loop: a plain loop
             _dwconv_span(x, p0 + lo, p0 + hi, dw_w, dw_b, ln_w, ln_b, eps, a, lo)
-            _gemm(a, w1, hid, lo, hi, 0, c4, EPI_GELU_SQ, b1, gamma, x2, out2, p0, ssq3[t], e2, b1, hw)
+            _gemm(a, w1, hid, lo, hi, 0, c4, EPI_GELU, b1, gamma, x2, out2, p0, ssq3[t], None, None, hw)
         _sum_tasks(ssq3, g0, g1, ssq)
         _grn_scale(ssq, g0, g1, grn_w, scale)
         for t in prange(ntasks):
             lo, hi = t * rows // ntasks, (t + 1) * rows // ntasks
-            _gemm(hid, w2, a, lo, hi, 0, nc, EPI_RESIDUAL, b2, gamma, x2, out2, p0, e2, scale, grn_b, hw)
+            _gemm(hid, w2, a, lo, hi, 0, nc, EPI_RESIDUAL, b2, gamma, x2, out2, p0, None, scale, grn_b, hw)
 
 
 @njit(parallel=True, **_JIT)
 def _linear_tall(x2, w, b, ntasks, out):
-    e2 = np.empty((0, 0), np.float32)  # no GRN sums, no GRN scale
     m = x2.shape[0]
     for t in prange(ntasks):
         r0, r1 = t * m // ntasks, (t + 1) * m // ntasks
-        _gemm(x2, w, out, r0, r1, 0, out.shape[1], EPI_BIAS, b, b, out, out, 0, e2, e2, b, 1)
+        _gemm(x2, w, out, r0, r1, 0, out.shape[1], EPI_BIAS, b, b, out, out, 0, None, None, None, 1)
 
 
 @njit(parallel=True, **_JIT)
 def _linear_wide(x2, w, b, parts, out):
-    e2 = np.empty((0, 0), np.float32)  # no GRN sums, no GRN scale
     for t in prange(parts):
         c0, c1 = _split(out.shape[1], parts, t, NR)
-        _gemm(x2, w, out, 0, out.shape[0], c0, c1, EPI_BIAS, b, b, out, out, 0, e2, e2, b, 1)
+        _gemm(x2, w, out, 0, out.shape[0], c0, c1, EPI_BIAS, b, b, out, out, 0, None, None, None, 1)
 
 
 @njit(fastmath=_REASSOC, **_JIT)
@@ -856,7 +858,6 @@ def _patch_linear(x, patch, pre_w, pre_b, pre_eps, w, b, post_w, post_b, post_ep
     ``tall``: tiles of output pixels, each gathered, multiplied and finished in one thread.
     Otherwise (few pixels) all patches are gathered first, and the GEMM splits its columns.
     """
-    e2 = np.empty((0, 0), np.float32)  # no GRN sums, no GRN scale
     m, co, k = out2.shape[0], out2.shape[1], w.shape[1]  # w: panels (pack)
     post = post_w.shape[0] > 0
     threads = a3.shape[0]
@@ -868,10 +869,10 @@ def _patch_linear(x, patch, pre_w, pre_b, pre_eps, w, b, post_w, post_b, post_ep
                 r0, r1 = t * m // tasks, (t + 1) * m // tasks
                 _gather_patches(x, patch, r0, r1, pre_w, pre_b, pre_eps, a, 0)
                 if post:  # bias, then LayerNorm from the tile into the output
-                    _gemm(a, w, y, 0, r1 - r0, 0, co, EPI_BIAS, b, b, y, y, 0, e2, e2, b, 1)
+                    _gemm(a, w, y, 0, r1 - r0, 0, co, EPI_BIAS, b, b, y, y, 0, None, None, None, 1)
                     _layer_norm_rows(y, 0, r1 - r0, post_w, post_b, post_eps, out2[r0:r1])
                 else:
-                    _gemm(a, w, out2[r0:r1], 0, r1 - r0, 0, co, EPI_BIAS, b, b, y, y, 0, e2, e2, b, 1)
+                    _gemm(a, w, out2[r0:r1], 0, r1 - r0, 0, co, EPI_BIAS, b, b, y, y, 0, None, None, None, 1)
     else:
         a = np.empty((m, k), np.float32)
         y = np.empty((m, co), np.float32) if post else out2
@@ -880,7 +881,7 @@ def _patch_linear(x, patch, pre_w, pre_b, pre_eps, w, b, post_w, post_b, post_ep
                             t * m // tasks)
         for t in prange(threads):
             c0, c1 = _split(co, threads, t, NR)
-            _gemm(a, w, y, 0, m, c0, c1, EPI_BIAS, b, b, y, y, 0, e2, e2, b, 1)
+            _gemm(a, w, y, 0, m, c0, c1, EPI_BIAS, b, b, y, y, 0, None, None, None, 1)
         if post:
             for t in prange(tasks):
                 _layer_norm_rows(y, t * m // tasks, (t + 1) * m // tasks, post_w, post_b, post_eps, out2)
@@ -1132,12 +1133,12 @@ def block(x, dwconv_w, dwconv_b, norm_w, norm_b, pwconv1_w, pwconv1_b, pwconv2_w
     dw_w, dw_b, ln_w, ln_b, w1, b1, w2, b2 = (_f32(a) for a in (
         dwconv_w, dwconv_b, norm_w, norm_b, pwconv1_w, pwconv1_b, pwconv2_w, pwconv2_b))
     c = x.shape[-1]
-    # Without layer scale (V2), a scale of ones; without GRN (V1), empty views of a bias. Both are
-    # then arrays of the type of the loaded weights (read-only ones, for a model), so V1 and V2
-    # share every compiled specialization of the kernels they have in common.
+    # Without layer scale (V2), a scale of ones, read-only as a loaded model's weights are, so that
+    # V1 and V2 share the compiled specializations of the GEMM; without GRN (V1), None, for which
+    # Numba compiles the kernels without GRN's code.
     g = _f32(gamma) if gamma is not None else _read_only_ones(c)
     v2 = grn_w is not None
-    gw, gb = (_f32(grn_w), _f32(grn_b)) if v2 else (b1[:0], b1[:0])
+    gw, gb = (_f32(grn_w), _f32(grn_b)) if v2 else (None, None)
     _check(x.ndim == 4 and dw_w.ndim == 3 and dw_w.shape[0] == dw_w.shape[1] and dw_w.shape[0] % 2
            and dw_w.shape[2] == c and dw_b.shape == ln_w.shape == ln_b.shape == b2.shape == g.shape == (c,)
            and w1.ndim == 2 and w1.shape[0] == c and b1.shape == (w1.shape[1],)
