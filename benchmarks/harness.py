@@ -50,15 +50,17 @@ def thread_env(threads: int, unset=(), **extra) -> dict:
 
 # --- model files ------------------------------------------------------------------------------------
 
-def model_dir(variant: str, size: int, *, onnx: bool = False, workdir: Path = WORKDIR) -> Path:
-    """A Hugging Face directory with realistic random weights (seed 0), and model.onnx on request."""
-    d = Path(workdir) / f"{variant}-{size}"
+def model_dir(variant: str, size: int, *, onnx: bool = False, workdir: Path = WORKDIR,
+              model_type: str = "convnext") -> Path:
+    """A Hugging Face directory with realistic random weights (seed 0), and model.onnx on request;
+    ``model_type="convnextv2"``: the variant as ConvNeXt V2."""
+    d = Path(workdir) / f"{variant}-{size}" if model_type == "convnext" else Path(workdir) / f"{variant}-{size}-v2"
     if not (d / "model.safetensors").is_file():
         import convnext_np as cnp
         from convnext_np import weights
         from convnext_np.testing import realistic_state_dict
 
-        config = cnp.ConvNextConfig.from_variant(variant, image_size=size)
+        config = cnp.ConvNextConfig.from_variant(variant, image_size=size, model_type=model_type)
         hf = realistic_state_dict(weights.expected_shapes(config), seed=0)
         cnp.ConvNeXt(config, weights.to_params(hf, config, variant), backend="numpy").save_pretrained(d)
     if onnx and not (d / "model.onnx").is_file():
@@ -211,12 +213,13 @@ def worker(spec: dict) -> None:
             break
         x = inputs[cmd["batch"]]
         f(x)  # untimed: the first pass after a pause pays for page faults and cold caches
-        times = []
+        times, cpu = [], []
         for _ in range(cmd["iters"]):
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             f(x)
             times.append(time.perf_counter() - t0)
-        print(json.dumps({"times": times}), flush=True)
+            cpu.append(time.process_time() - c0)
+        print(json.dumps({"times": times, "cpu": cpu}), flush=True)
 
 
 def oneshot(spec: dict) -> None:
@@ -231,9 +234,9 @@ def oneshot(spec: dict) -> None:
     f = build(spec["contender"], Path(spec["dir"]), spec["threads"])
     loaded_kib = vm_kib("VmRSS")
     x = pixels(spec["batch"], spec["size"])
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     f(x)
-    first_s = time.perf_counter() - t0
+    first_s, first_cpu_s = time.perf_counter() - t0, time.process_time() - c0
     layer = None
     if spec["contender"] == "numba":
         import numba
@@ -241,6 +244,7 @@ def oneshot(spec: dict) -> None:
         layer = numba.threading_layer()
     print(json.dumps({"threading_layer": layer, "first_logits_at": time.time(), "import_s": import_s,
                       "numba_imported_by_import": numba_imported, "first_forward_s": first_s,
+                      "first_forward_cpu_s": first_cpu_s,
                       "rss_loaded_kib": loaded_kib, "peak_kib": vm_kib("VmHWM")}), flush=True)
 
 
@@ -264,9 +268,12 @@ class Worker:
         return json.loads(line)
 
     def time(self, batch: int, iters: int) -> list:
+        """Wall-clock seconds of ``iters`` passes; their CPU seconds (all threads) go to ``last_cpu``."""
         self.proc.stdin.write(json.dumps({"op": "time", "batch": batch, "iters": iters}) + "\n")
         self.proc.stdin.flush()
-        return self._read()["times"]
+        reply = self._read()
+        self.last_cpu = reply["cpu"]
+        return reply["times"]
 
     def close(self):
         try:

@@ -1,4 +1,5 @@
-"""convnext_np: a NumPy reference implementation of ConvNeXt (Liu et al. 2022).
+"""convnext_np: a NumPy reference implementation of ConvNeXt (Liu et al. 2022) and ConvNeXt V2
+(Woo et al. 2023).
 
 The forward pass reads top-down in :mod:`convnext_np.model`; every op's NumPy reference is in
 :mod:`convnext_np.ops`; official weights load through :func:`from_pretrained`.

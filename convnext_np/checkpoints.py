@@ -15,6 +15,12 @@ DINOv3 ConvNeXt (``model_type="dinov3_convnext"``), headless (``labels="none"``)
 are gated behind Meta's DINOv3 licence on the hub (``gated``): accept it on the repo's page and
 give the hub client a token (``HF_TOKEN``). Its ``facebook/`` repo preprocesses with a 224x224
 bilinear warp (its own ``preprocessor_config.json``); timm's copy with a crop_pct 1.0 centre crop.
+
+ConvNeXt V2 rows (``model_type="convnextv2"``, Woo et al. 2023) come from the
+facebookresearch/ConvNeXt-V2 README, with its published ImageNet-1k top-1 (``top1``, %); their
+``fb`` is the file under ``https://dl.fbaipublicfiles.com/convnext/convnextv2/`` without
+``.pt``. The V2 weights are licensed CC-BY-NC 4.0 (non-commercial; ``license``); ``license`` is
+None where this table does not record one.
 """
 
 from __future__ import annotations
@@ -101,6 +107,30 @@ _FAMILY_ROWS = (
     *(_dinov3(v) for v in ("tiny", "small", "base", "large")),
 )
 
+_V2_LICENSE = "cc-by-nc-4.0"
+
+
+def _v2(variant, pretrain, size, top1):
+    """A ConvNeXt V2 row: FCMAE pre-trained, fine-tuned on ImageNet-1k (``pretrain`` "1k"), or on
+    ImageNet-22k and then ImageNet-1k ("22k"); a 1000-class head either way."""
+    hf = f"convnextv2-{variant}-{pretrain}-{size}"
+    tag = "fcmae_ft_in1k" if pretrain == "1k" else "fcmae_ft_in22k_in1k" + ("" if size == 224 else f"_{size}")
+    fb = f"im{pretrain}/convnextv2_{variant}_{pretrain}_{size}_ema"
+    return Checkpoint(hf, variant, f"facebook/{hf}", f"convnextv2_{variant}.{tag}", fb, size, 0.875 if size < 384 else None, _1K,
+                      model_type="convnextv2", top1=top1, license=_V2_LICENSE)
+
+
+# (variant, pre-training, size, top-1): the facebookresearch/ConvNeXt-V2 README's tables.
+_V2_ROWS = (
+    ("atto", "1k", 224, 76.7), ("femto", "1k", 224, 78.5), ("pico", "1k", 224, 80.3),
+    ("nano", "1k", 224, 81.9), ("tiny", "1k", 224, 83.0), ("base", "1k", 224, 84.9),
+    ("large", "1k", 224, 85.8), ("huge", "1k", 224, 86.3),
+    ("nano", "22k", 224, 82.1), ("nano", "22k", 384, 83.4), ("tiny", "22k", 224, 83.9),
+    ("tiny", "22k", 384, 85.1), ("base", "22k", 224, 86.8), ("base", "22k", 384, 87.7),
+    ("large", "22k", 224, 87.3), ("large", "22k", 384, 88.2), ("huge", "22k", 384, 88.7),
+    ("huge", "22k", 512, 88.9),
+)
+
 CHECKPOINTS = (
     # ImageNet-1k, trained at 224 (EMA weights) or fine-tuned at 384.
     Checkpoint("convnext-tiny-224", "tiny", "facebook/convnext-tiny-224", "convnext_tiny.fb_in1k", "convnext_tiny_1k_224_ema", 224, 0.875, _1K),
@@ -133,6 +163,7 @@ CHECKPOINTS = (
     Checkpoint("convnext-nano", "nano", None, "convnext_nano.d1h_in1k", None, 224, 0.95, _1K),
     Checkpoint("convnext-nano-12k-1k", "nano", None, "convnext_nano.in12k_ft_in1k", None, 224, 0.95, _1K),
     *_FAMILY_ROWS,
+    *(_v2(*row) for row in _V2_ROWS),
 )
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from .classify import DEFAULT_MODEL, iter_classify, load_model
-from .config import VARIANTS, ConvNextConfig
+from .config import V2_VARIANTS, VARIANTS, ConvNextConfig
 from .family import describe
 from .errors import ConvNextError, ImageError
 from .golden import add_golden_parser
@@ -224,9 +224,18 @@ def cmd_convert(args) -> int:
 
 
 def cmd_info(args) -> int:
-    config = ConvNextConfig.from_variant(args.model) if args.model in VARIANTS else _load(args).config
+    table = V2_VARIANTS if args.v2 else VARIANTS
+    if args.model in table:
+        config = ConvNextConfig.from_variant(args.model, model_type="convnextv2" if args.v2 else "convnext")
+    elif args.v2:
+        print(f"convnext-np: error: --v2 takes a variant ({', '.join(V2_VARIANTS)}); a model's weights say "
+              "whether it is ConvNeXt V2", file=sys.stderr)
+        return EXIT_USAGE
+    else:
+        config = _load(args).config
     height, width = args.size, args.width or args.size
-    print(f"ConvNeXt {config.variant() or 'custom'}: depths {config.depths}, widths "
+    family = "ConvNeXt V2" if config.model_type == "convnextv2" else "ConvNeXt"
+    print(f"{family} {config.variant() or 'custom'}: depths {config.depths}, widths "
           f"{config.hidden_sizes}, {config.num_labels} classes, input 3x{height}x{width}")
     if describe(config):
         print(f"structure: {describe(config)}")
@@ -402,9 +411,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("info", "architecture, parameters and MACs per stage",
             "Print each part's output shape, parameter count and multiply-accumulates (what the "
             "paper's FLOPs column counts) for a variant or any model.",
-            ["convnext-np info tiny", "convnext-np info base --size 384",
+            ["convnext-np info tiny", "convnext-np info base --size 384", "convnext-np info huge --v2",
              "convnext-np info ./my-checkpoint --size 224 --width 320"], cmd_info)
-    p.add_argument("model", help=f"a variant ({', '.join(VARIANTS)}) or a model")
+    p.add_argument("model", help=f"a variant ({', '.join(VARIANTS)}; with --v2 also huge) or a model")
+    p.add_argument("--v2", action="store_true",
+                   help="the variant as ConvNeXt V2 (Woo et al. 2023: GRN in every block, no layer scale)")
     p.add_argument("--size", type=_input_side, default=224,
                    help=f"input height, at least {MIN_INPUT_SIZE} (default: 224)")
     p.add_argument("--width", type=_input_side, default=None,

@@ -36,6 +36,9 @@ VARIANTS = {
     "xlarge": ((3, 3, 27, 3), (256, 512, 1024, 2048), False, 1e-6),
     "xxlarge": ((3, 4, 30, 3), (384, 768, 1536, 3072), False, 1e-5),
 }
+# ConvNeXt V2 (Woo et al. 2023) comes in the same sizes (atto .. nano with timm's 1x1-conv MLP)
+# and one more, huge.
+V2_VARIANTS = {**VARIANTS, "huge": ((3, 3, 27, 3), (352, 704, 1408, 2816), False, 1e-6)}
 
 
 # timm's ``stem_type``: the paper's 4x4 patchify, or two overlapping 3x3 convs of stride 2
@@ -43,7 +46,8 @@ VARIANTS = {
 # between the convs). timm's ``norm_layer``: LayerNorm, or SimpleNorm (``convnext_zepto_rms``).
 STEM_TYPES = ("patch", "overlap", "overlap_tiered", "overlap_act")
 NORM_LAYERS = ("layernorm", "simplenorm")
-MODEL_TYPES = ("convnext", "dinov3_convnext")
+# transformers' names of the family members: ConvNeXt (V1), ConvNeXt V2 (GRN blocks), DINOv3 ConvNeXt.
+MODEL_TYPES = ("convnext", "convnextv2", "dinov3_convnext")
 # Our structure fields at the paper's values: to_dict leaves them out of config.json then.
 STRUCTURE_DEFAULTS = {"stem_type": "patch", "norm_layer": "layernorm", "head_norm_first": False,
                       "head_hidden_size": None, "final_norm": True}
@@ -132,9 +136,10 @@ class ConvNextConfig:
     @classmethod
     def from_variant(cls, name: str, num_labels: int = 1000, **overrides) -> "ConvNextConfig":
         """Config of a named variant (``"tiny"``, ``"atto"``, ...) with generic labels."""
-        if name not in VARIANTS:
-            raise ValueError(f"unknown ConvNeXt variant {name!r}; known: {', '.join(VARIANTS)}")
-        depths, dims, _, norm_eps = VARIANTS[name]
+        table = V2_VARIANTS if overrides.get("model_type") == "convnextv2" else VARIANTS
+        if name not in table:
+            raise ValueError(f"unknown ConvNeXt variant {name!r}; known: {', '.join(table)}")
+        depths, dims, _, norm_eps = table[name]
         overrides.setdefault("id2label", {i: f"LABEL_{i}" for i in range(num_labels)})
         return cls(depths=list(depths), hidden_sizes=list(dims), norm_eps=norm_eps, **overrides)
 
@@ -168,7 +173,8 @@ class ConvNextConfig:
 
     def variant(self) -> str | None:
         """The variant name whose depths and widths this config has, if any."""
-        for name, (depths, dims, _, _) in VARIANTS.items():
+        table = V2_VARIANTS if self.model_type == "convnextv2" else VARIANTS
+        for name, (depths, dims, _, _) in table.items():
             if tuple(self.depths) == depths and tuple(self.hidden_sizes) == dims:
                 return name
         return None
@@ -217,6 +223,8 @@ class ConvNextConfig:
                 del d[name]
         if self.model_type == "dinov3_convnext":  # fixed in DINOv3ConvNextConfig (num_stages: read-only)
             del d["num_stages"], d["patch_size"]
+        if self.model_type == "convnextv2":  # transformers' ConvNextV2Config has no layer scale
+            del d["layer_scale_init_value"]
         d.setdefault("architectures", [ARCHITECTURES[self.model_type][bool(self.num_labels)]])
         return dict(sorted(d.items()))
 

@@ -239,6 +239,7 @@ def write_bundle(images, model, out_dir, float64: bool = False, *, name: str | N
             "name": name,
             "source": model.source,
             "files": describe_files(model.source),
+            "model_type": config.model_type,
             "variant": config.variant(),
             "depths": config.depths,
             "hidden_sizes": config.hidden_sizes,

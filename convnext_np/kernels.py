@@ -42,6 +42,7 @@ if "OMP_NUM_THREADS" in os.environ and "NUMBA_NUM_THREADS" not in os.environ:
         pass
 
 _F32 = np.float32
+_NONE = np.empty(0, np.float32)  # "no such input" for a kernel
 # error_model="numpy": x / 0 is inf, not an exception, so loops with a division vectorise.
 _JIT = dict(cache=True, nogil=True, error_model="numpy")
 _CONTRACT = {"contract"}  # a * b + c may become one FMA (more exact, not less)
@@ -282,28 +283,28 @@ def _panels(w):
     return panels
 
 
-def _tile_gemm(a, i0, mv, k0, kc, panels, jp, nv, c, accumulate):
-    """c[i0:i0+mv, j0:j0+nv] (+)= a[i0:i0+mv, k0:k0+kc] @ w[k0:k0+kc, j0:j0+nv], j0 = jp * NR,
+def _tile_gemm(a, ai, mv, k0, kc, panels, jp, nv, c, ci, accumulate):
+    """c[ci:ci+mv, j0:j0+nv] (+)= a[ai:ai+mv, k0:k0+kc] @ w[k0:k0+kc, j0:j0+nv], j0 = jp * NR,
     for the weight w whose panels these are.
 
     This body runs under ``NUMBA_DISABLE_JIT``; compiled code runs the register-blocked kernel
     above on the same block (mv <= MR, nv <= NR).
     """
     j0 = jp * NR
-    prod = a[i0:i0 + mv, k0:k0 + kc] @ panels[jp, k0:k0 + kc, :nv]
+    prod = a[ai:ai + mv, k0:k0 + kc] @ panels[jp, k0:k0 + kc, :nv]
     if accumulate:
-        c[i0:i0 + mv, j0:j0 + nv] += prod
+        c[ci:ci + mv, j0:j0 + nv] += prod
     else:
-        c[i0:i0 + mv, j0:j0 + nv] = prod
+        c[ci:ci + mv, j0:j0 + nv] = prod
 
 
 @overload(_tile_gemm)
-def _tile_gemm_jit(a, i0, mv, k0, kc, panels, jp, nv, c, accumulate):
-    def impl(a, i0, mv, k0, kc, panels, jp, nv, c, accumulate):
+def _tile_gemm_jit(a, ai, mv, k0, kc, panels, jp, nv, c, ci, accumulate):
+    def impl(a, ai, mv, k0, kc, panels, jp, nv, c, ci, accumulate):
         lda, ldc = a.strides[0] // 4, c.strides[0] // 4
         b = panels.ctypes.data + 4 * (jp * panels.shape[1] + k0) * NR
-        _microkernel(kc, a.ctypes.data + 4 * (i0 * lda + k0), lda, b, NR,
-                     c.ctypes.data + 4 * (i0 * ldc + jp * NR), ldc, mv, nv, 1 if accumulate else 0)
+        _microkernel(kc, a.ctypes.data + 4 * (ai * lda + k0), lda, b, NR,
+                     c.ctypes.data + 4 * (ci * ldc + jp * NR), ldc, mv, nv, 1 if accumulate else 0)
 
     return impl
 
@@ -327,6 +328,7 @@ _E0, _E1, _E2, _E3, _E4, _E5 = (_F32(v) for v in (1.9875691500e-4, 1.3981999507e
                                                   4.1665795894e-2, 1.6666665459e-1, 5.0000001201e-1))
 _TWO_M24 = _F32(2.0 ** -24)
 _ZERO, _HALF, _ONE = _F32(0.0), _F32(0.5), _F32(1.0)
+_GRN_EPS = _F32(1e-6)
 
 
 @njit(inline="always", fastmath=_CONTRACT, **_JIT)
@@ -357,6 +359,62 @@ def _bias_gelu(h, r0, r1, c0, c1, b):
         row = h[r, c0:c1]
         for c in range(c1 - c0):
             row[c] = _gelu1(row[c] + bias[c])
+
+
+@njit(fastmath=_CONTRACT, **_JIT)
+def _add_squares(h, r0, r1, c0, c1, ssq, x_row0, hw):
+    """ssq[image of row r, c] += h[r, c]^2 for the block (row r is pixel x_row0 + r of images of hw
+    pixels): GRN's sums of squares, taken while the block is in L1. (Not fused into _bias_gelu's
+    loop: that would compile GELU once more into every specialization of _gemm.)"""
+    for r in range(r0, r1):
+        row, acc = h[r, c0:c1], ssq[(x_row0 + r) // hw, c0:c1]
+        for c in range(c1 - c0):
+            acc[c] += row[c] * row[c]
+
+
+@njit(fastmath=_CONTRACT, **_JIT)
+def _scale_rows(a, r0, r1, k0, k1, scale, shift, x_row0, hw, dst, d0):
+    """dst[d0 + r - r0, k0:k1] = a[r, k0:k1] * scale[image of row r, k0:k1] + shift[k0:k1] (row r
+    is pixel x_row0 + r of images of hw pixels; dst may be a): GRN applied to fc2's input
+    (_grn_scale)."""
+    sh = shift[k0:k1]
+    for r in range(r0, r1):
+        row, s, out = a[r, k0:k1], scale[(x_row0 + r) // hw, k0:k1], dst[d0 + r - r0, k0:k1]
+        for k in range(k1 - k0):
+            out[k] = row[k] * s[k] + sh[k]
+
+
+@njit(**_JIT)
+def _sum_tasks(ssq3, n0, n1, ssq):
+    """ssq[n] = the sum over tasks t of ssq3[t, n], for images n0 <= n < n1. (A function of its
+    own: written as array expressions in a parallel kernel, each would be a parallel loop.)"""
+    for n in range(n0, n1):
+        acc = ssq[n]
+        acc[:] = ssq3[0, n]
+        for t in range(1, ssq3.shape[0]):
+            part = ssq3[t, n]
+            for c in range(acc.shape[0]):
+                acc[c] += part[c]
+
+
+@njit(fastmath=_CONTRACT, **_JIT)
+def _grn_scale(ssq, n0, n1, w, scale):
+    """scale[n] = 1 + w * Nx[n] for images n0 <= n < n1, from ssq[n, c], the sum over the image's
+    positions of x[., c]^2.
+
+    ConvNeXt V2's GRN (ops.grn), ``w * (x * Nx) + b + x``, is ``x * (1 + w * Nx) + b``: a scale per
+    image and channel and a shift, which _scale_rows applies to fc2's input.
+    """
+    c4 = ssq.shape[1]
+    for n in range(n0, n1):
+        gx, sc = ssq[n], scale[n]
+        total = _ZERO
+        for c in range(c4):
+            sc[c] = np.sqrt(gx[c])
+            total += sc[c]
+        denom = total / _F32(c4) + _GRN_EPS
+        for c in range(c4):
+            sc[c] = _ONE + w[c] * (sc[c] / denom)
 
 
 @njit(fastmath=_CONTRACT, **_JIT)
@@ -408,14 +466,22 @@ EPI_BIAS, EPI_GELU, EPI_RESIDUAL = 0, 1, 2
 
 
 @njit(**_JIT)
-def _gemm(a, b, c, r0, r1, j0, j1, epilogue, bias, gamma, x2, out2, x_row0):
+def _gemm(a, b, c, r0, r1, j0, j1, epilogue, bias, gamma, x2, out2, x_row0, ssq, scale, shift, hw):
     """c[r0:r1, j0:j1] = a[r0:r1] @ w[:, j0:j1] (``b``: the panels of w, j0 a multiple of NR), then
     on each block of at most MC rows x NR columns, while it is in L1:
 
     - EPI_BIAS: ``c += bias``;
-    - EPI_GELU: ``c = gelu(c + bias)`` (fc1);
+    - EPI_GELU: ``c = gelu(c + bias)`` (fc1); with ``ssq`` (fc1 of a V2 block), also
+      ``ssq[image, j] += c[r, j]^2``, GRN's sums of squares;
     - EPI_RESIDUAL: ``out2[x_row0 + r] = x2[x_row0 + r] + gamma * (c[r] + bias)`` (fc2; ``c`` is
       scratch).
+
+    With ``scale`` (fc2 of a V2 block), the GEMM's input is ``a * scale[image] + shift`` (fc2 of a V2 block:
+    GRN, _grn_scale): each MC x KC block of ``a`` is written so into a buffer of its own (in L2)
+    that the kernel then reads, as BLIS packs its blocks; ``a`` itself is left as it is, so its
+    lines are never written back. Row r of ``a`` and ``c`` is pixel ``x_row0 + r`` of the batch,
+    image ``(x_row0 + r) // hw``. ``ssq``, ``scale`` and ``shift`` are None for a V1 block: Numba
+    then prunes the branches that use them, so that a V1 model compiles none of GRN's code.
 
     ``a`` and ``c`` are indexed by the same row numbers; rows only need unit inner strides.
     Loop order (BLIS's): row blocks of MC, k blocks of KC, weight panels, row tiles of MR. The
@@ -428,21 +494,30 @@ def _gemm(a, b, c, r0, r1, j0, j1, epilogue, bias, gamma, x2, out2, x_row0):
     k = a.shape[1]
     steps = max(1, -(-k // KC))
     kc_step = max(1, -(-k // steps))  # equal k blocks: 384 -> 2 x 192, not 256 + 128
+    if scale is not None:
+        ap = np.empty((MC, k), np.float32)  # the scaled row block (columns p0:p0+kc)
     for ic in range(r0, r1, MC):
         ic1 = min(r1, ic + MC)
         for p0 in range(0, max(k, 1), kc_step):
             kc = max(0, min(kc_step, k - p0))
             last = p0 + kc >= k
+            if scale is not None:
+                _scale_rows(a, ic, ic1, p0, p0 + kc, scale, shift, x_row0, hw, ap, 0)
             for jp in range(j0 // NR, -(-j1 // NR)):
                 nv = min(NR, j1 - jp * NR)
                 for i in range(ic, ic1, MR):
-                    _tile_gemm(a, i, min(MR, ic1 - i), p0, kc, b, jp, nv, c, p0 > 0)
+                    if scale is None:
+                        _tile_gemm(a, i, min(MR, ic1 - i), p0, kc, b, jp, nv, c, i, p0 > 0)
+                    else:
+                        _tile_gemm(ap, i - ic, min(MR, ic1 - i), p0, kc, b, jp, nv, c, i, p0 > 0)
                 if last:
                     c0, c1 = jp * NR, jp * NR + nv
                     if epilogue == EPI_BIAS:
                         _add_bias(c, ic, ic1, c0, c1, bias)
                     elif epilogue == EPI_GELU:
                         _bias_gelu(c, ic, ic1, c0, c1, bias)
+                        if ssq is not None:
+                            _add_squares(c, ic, ic1, c0, c1, ssq, x_row0, hw)
                     else:
                         _residual(x2, c, x_row0, x_row0 + ic, x_row0 + ic1, c0, c1, gamma, bias, out2)
 
@@ -637,25 +712,31 @@ def _block_tall(x, dw_w, dw_b, ln_w, ln_b, eps, w1, b1, w2, b2, gamma, ntasks, a
             r0, r1 = t * m // ntasks, (t + 1) * m // ntasks
             mt = r1 - r0
             _dwconv_span(x, r0, r1, dw_w, dw_b, ln_w, ln_b, eps, a, 0)
-            _gemm(a, w1, hid, 0, mt, 0, c4, EPI_GELU, b1, gamma, x2, out2, 0)
-            _gemm(hid, w2, o, 0, mt, 0, nc, EPI_RESIDUAL, b2, gamma, x2, out2, r0)
+            _gemm(a, w1, hid, 0, mt, 0, c4, EPI_GELU, b1, gamma, x2, out2, 0, None, None, None, 1)
+            _gemm(hid, w2, o, 0, mt, 0, nc, EPI_RESIDUAL, b2, gamma, x2, out2, r0, None, None, None, 1)
 
 
 @njit(parallel=True, **_JIT)
-def _block_wide(x, dw_w, dw_b, ln_w, ln_b, eps, w1, b1, w2, b2, gamma, parts, out):
+def _block_wide(x, dw_w, dw_b, ln_w, ln_b, eps, w1, b1, grn_w, grn_b, w2, b2, gamma, parts, out):
     """The block for few rows (late stages, small batches): GEMMs split by output columns.
 
     Three parallel phases: dwconv + LayerNorm by image rows; fc1 + bias + GELU by column blocks
     of 4C; fc2 + bias + layer scale + residual by column blocks of C. Each thread then reads only
-    its share of the weights, which dominate at these sizes.
+    its share of the weights, which dominate at these sizes. With a GRN (``grn_w`` not None,
+    ConvNeXt V2; for None, Numba prunes the GRN branches), fc1 also sums the squares of its output per image and column (each thread owns
+    its columns), and each fc2 task applies GRN to the rows it packs (its own copy: the fc1
+    output is small here, and no fourth phase is needed).
     """
     n, height, width, nc = x.shape
-    m = n * height * width
+    hw = height * width
+    m = n * hw
     c4 = b1.shape[0]  # w1, w2: panels (pack)
     x2, out2 = x.reshape(m, nc), out.reshape(m, nc)
     a = np.empty((m, nc), np.float32)
     hid = np.empty((m, c4), np.float32)
     o = np.empty((m, nc), np.float32)
+    if grn_w is not None:
+        ssq = np.empty((n, c4), np.float32)
     rows = n * height
     tasks = min(rows, parts)
     for t in prange(tasks):  # contiguous image rows per task: the ring slides instead of refilling
@@ -663,10 +744,73 @@ def _block_wide(x, dw_w, dw_b, ln_w, ln_b, eps, w1, b1, w2, b2, gamma, parts, ou
         _dwconv_span(x, p0, p1, dw_w, dw_b, ln_w, ln_b, eps, a, p0)
     for t in prange(parts):
         c0, c1 = _split(c4, parts, t, NR)
-        _gemm(a, w1, hid, 0, m, c0, c1, EPI_GELU, b1, gamma, x2, out2, 0)
+        if grn_w is None:
+            _gemm(a, w1, hid, 0, m, c0, c1, EPI_GELU, b1, gamma, x2, out2, 0, None, None, None, 1)
+        else:
+            ssq[:, c0:c1] = _ZERO  # each task owns its columns of the sums
+            _gemm(a, w1, hid, 0, m, c0, c1, EPI_GELU, b1, gamma, x2, out2, 0, ssq, None, None, hw)
+    if grn_w is not None:
+        scale = np.empty((n, c4), np.float32)
+        _grn_scale(ssq, 0, n, grn_w, scale)
     for t in prange(parts):
         c0, c1 = _split(nc, parts, t, NR)
-        _gemm(hid, w2, o, 0, m, c0, c1, EPI_RESIDUAL, b2, gamma, x2, out2, 0)
+        if grn_w is None:
+            _gemm(hid, w2, o, 0, m, c0, c1, EPI_RESIDUAL, b2, gamma, x2, out2, 0, None, None, None, 1)
+        else:
+            _gemm(hid, w2, o, 0, m, c0, c1, EPI_RESIDUAL, b2, gamma, x2, out2, 0, None, scale, grn_b, hw)
+
+
+@njit(parallel=True, **_JIT)
+def _block_tall_grn(x, dw_w, dw_b, ln_w, ln_b, eps, w1, b1, grn_w, grn_b, w2, b2, gamma, group, ntasks,
+                    a3, hid3, ssq3, out):
+    """The ConvNeXt V2 block on rows: whole images per thread, or tiles of groups of images.
+
+    GRN needs, before fc2 can start on an image, the sums of squares of the image's whole fc1
+    output. Per image (or group of images): (1) dwconv + LayerNorm, fc1, bias + GELU, with the
+    squares of the fc1 output summed per image in the GEMM's epilogue while each block is in L1;
+    (2) the sums turned into GRN's scale per image and channel (_grn_scale); (3) fc2 on the fc1
+    output, which the GEMM scales and shifts by GRN as it packs each block into L2, then bias
+    (+ layer scale) + residual. ``a3`` holds the LayerNorm output, then fc2's; ``hid3`` the fc1
+    output between (1) and (3).
+
+    ``group`` 0 (the batch is a multiple of the threads): each thread takes whole images, one
+    at a time, in its own ``a3[t]``, ``hid3[t]``: no thread waits for another inside the block.
+    Otherwise (fewer images than threads, say) the images go ``group`` at a time, and (1) and (3)
+    are each split into ``ntasks`` tiles of rows across the threads, with a barrier between;
+    each tile sums its squares into its own ``ssq3[t]``.
+    """
+    n, height, width, nc = x.shape
+    hw = height * width
+    m = n * hw
+    c4 = b1.shape[0]  # w1, w2: panels (pack)
+    x2, out2 = x.reshape(m, nc), out.reshape(m, nc)
+    scale = np.empty((n, c4), np.float32)
+    if group == 0:
+        ssq = ssq3[0]
+        for t in prange(a3.shape[0]):
+            a, hid = a3[t], hid3[t]
+            for im in range(t, n, a3.shape[0]):
+                ssq[im] = _ZERO  # inside a parallel loop: a plain loop
+                _dwconv_span(x, im * hw, (im + 1) * hw, dw_w, dw_b, ln_w, ln_b, eps, a, 0)
+                _gemm(a, w1, hid, 0, hw, 0, c4, EPI_GELU, b1, gamma, x2, out2, im * hw, ssq, None, None, hw)
+                _grn_scale(ssq, im, im + 1, grn_w, scale)
+                _gemm(hid, w2, a, 0, hw, 0, nc, EPI_RESIDUAL, b2, gamma, x2, out2, im * hw, None, scale, grn_b, hw)
+        return
+    a, hid = a3[0], hid3[0]
+    ssq = np.empty((n, c4), np.float32)
+    for g0 in range(0, n, group):
+        g1 = min(n, g0 + group)
+        p0, rows = g0 * hw, (g1 - g0) * hw
+        for t in prange(ntasks):
+            lo, hi = t * rows // ntasks, (t + 1) * rows // ntasks
+            ssq3[t, g0:g1] = _ZERO  # inside a parallel loop: a plain loop
+            _dwconv_span(x, p0 + lo, p0 + hi, dw_w, dw_b, ln_w, ln_b, eps, a, lo)
+            _gemm(a, w1, hid, lo, hi, 0, c4, EPI_GELU, b1, gamma, x2, out2, p0, ssq3[t], None, None, hw)
+        _sum_tasks(ssq3, g0, g1, ssq)
+        _grn_scale(ssq, g0, g1, grn_w, scale)
+        for t in prange(ntasks):
+            lo, hi = t * rows // ntasks, (t + 1) * rows // ntasks
+            _gemm(hid, w2, a, lo, hi, 0, nc, EPI_RESIDUAL, b2, gamma, x2, out2, p0, None, scale, grn_b, hw)
 
 
 @njit(parallel=True, **_JIT)
@@ -674,14 +818,14 @@ def _linear_tall(x2, w, b, ntasks, out):
     m = x2.shape[0]
     for t in prange(ntasks):
         r0, r1 = t * m // ntasks, (t + 1) * m // ntasks
-        _gemm(x2, w, out, r0, r1, 0, out.shape[1], EPI_BIAS, b, b, out, out, 0)
+        _gemm(x2, w, out, r0, r1, 0, out.shape[1], EPI_BIAS, b, b, out, out, 0, None, None, None, 1)
 
 
 @njit(parallel=True, **_JIT)
 def _linear_wide(x2, w, b, parts, out):
     for t in prange(parts):
         c0, c1 = _split(out.shape[1], parts, t, NR)
-        _gemm(x2, w, out, 0, out.shape[0], c0, c1, EPI_BIAS, b, b, out, out, 0)
+        _gemm(x2, w, out, 0, out.shape[0], c0, c1, EPI_BIAS, b, b, out, out, 0, None, None, None, 1)
 
 
 @njit(fastmath=_REASSOC, **_JIT)
@@ -727,10 +871,10 @@ def _patch_linear(x, patch, pre_w, pre_b, pre_eps, w, b, post_w, post_b, post_ep
                 r0, r1 = t * m // tasks, (t + 1) * m // tasks
                 _gather_patches(x, patch, r0, r1, pre_w, pre_b, pre_eps, a, 0)
                 if post:  # bias, then LayerNorm from the tile into the output
-                    _gemm(a, w, y, 0, r1 - r0, 0, co, EPI_BIAS, b, b, y, y, 0)
+                    _gemm(a, w, y, 0, r1 - r0, 0, co, EPI_BIAS, b, b, y, y, 0, None, None, None, 1)
                     _layer_norm_rows(y, 0, r1 - r0, post_w, post_b, post_eps, out2[r0:r1])
                 else:
-                    _gemm(a, w, out2[r0:r1], 0, r1 - r0, 0, co, EPI_BIAS, b, b, y, y, 0)
+                    _gemm(a, w, out2[r0:r1], 0, r1 - r0, 0, co, EPI_BIAS, b, b, y, y, 0, None, None, None, 1)
     else:
         a = np.empty((m, k), np.float32)
         y = np.empty((m, co), np.float32) if post else out2
@@ -739,7 +883,7 @@ def _patch_linear(x, patch, pre_w, pre_b, pre_eps, w, b, post_w, post_b, post_ep
                             t * m // tasks)
         for t in prange(threads):
             c0, c1 = _split(co, threads, t, NR)
-            _gemm(a, w, y, 0, m, c0, c1, EPI_BIAS, b, b, y, y, 0)
+            _gemm(a, w, y, 0, m, c0, c1, EPI_BIAS, b, b, y, y, 0, None, None, None, 1)
         if post:
             for t in prange(tasks):
                 _layer_norm_rows(y, t * m // tasks, (t + 1) * m // tasks, post_w, post_b, post_eps, out2)
@@ -854,7 +998,6 @@ def _linear_into(x2, w, b, out):
             _linear_wide(x2, _panels(w), b, threads, out)
 
 
-_NONE = np.empty(0, np.float32)
 
 
 def _patch_layer(x, w, b, patch, pre=None, post=None):
@@ -949,31 +1092,90 @@ def global_avg_pool(x):
     return out
 
 
+def grn(x, w, b):
+    """ConvNeXt V2's Global Response Normalization (see ops.grn). [N, H, W, C] -> [N, H, W, C]"""
+    x, w, b = _f32(x), _f32(w), _f32(b)
+    _check(x.ndim == 4 and w.shape == b.shape == (x.shape[3],),
+           f"grn: x {x.shape}, w {w.shape}, b {b.shape} do not fit")
+    out = x.copy()
+    if x.size:
+        n, hw = x.shape[0], x.shape[1] * x.shape[2]
+        _grn(out.reshape(n * hw, x.shape[3]), hw, w, b, min(_threads() * 4, n * hw))
+    return out
+
+
+@njit(parallel=True, **_JIT)
+def _grn(x2, hw, w, b, ntasks):
+    """x2 (N * hw, C) = GRN(x2), in place: sums of squares per image (by images), the scale
+    (_grn_scale), then every row scaled and shifted (by tiles of rows)."""
+    m, nc = x2.shape
+    n = m // hw
+    ssq = np.zeros((n, nc), np.float32)
+    scale = np.empty((n, nc), np.float32)
+    for im in prange(n):
+        acc = ssq[im]
+        for r in range(im * hw, (im + 1) * hw):
+            row = x2[r]
+            for c in range(nc):
+                acc[c] += row[c] * row[c]
+    _grn_scale(ssq, 0, n, w, scale)
+    for t in prange(ntasks):
+        r0, r1 = t * m // ntasks, (t + 1) * m // ntasks
+        _scale_rows(x2, r0, r1, 0, nc, scale, b, 0, hw, x2, r0)
+
+
+def _read_only_ones(c):
+    ones = np.ones(c, np.float32)
+    ones.flags.writeable = False
+    return ones
+
+
 def block(x, dwconv_w, dwconv_b, norm_w, norm_b, pwconv1_w, pwconv1_b, pwconv2_w, pwconv2_b,
-          gamma, *, eps, ops=None):
-    """The ConvNeXt block of :func:`convnext_np.model.block`, fused (``ops`` is ignored).
+          gamma=None, grn_w=None, grn_b=None, *, eps, ops=None):
+    """The ConvNeXt block of :func:`convnext_np.model.block`, fused (``ops`` is ignored): V1 with
+    layer scale ``gamma``, V2 with a GRN (``grn_w``, ``grn_b``).
 
     [N, H, W, C] -> [N, H, W, C]
     """
     x = _f32(x)
-    dw_w, dw_b, ln_w, ln_b, w1, b1, w2, b2, g = (_f32(a) for a in (
-        dwconv_w, dwconv_b, norm_w, norm_b, pwconv1_w, pwconv1_b, pwconv2_w, pwconv2_b, gamma))
+    dw_w, dw_b, ln_w, ln_b, w1, b1, w2, b2 = (_f32(a) for a in (
+        dwconv_w, dwconv_b, norm_w, norm_b, pwconv1_w, pwconv1_b, pwconv2_w, pwconv2_b))
     c = x.shape[-1]
+    # Without layer scale (V2), a scale of ones, read-only as a loaded model's weights are, so that
+    # V1 and V2 share the compiled specializations of the GEMM; without GRN (V1), None, for which
+    # Numba compiles the kernels without GRN's code.
+    g = _f32(gamma) if gamma is not None else _read_only_ones(c)
+    v2 = grn_w is not None
+    gw, gb = (_f32(grn_w), _f32(grn_b)) if v2 else (None, None)
     _check(x.ndim == 4 and dw_w.ndim == 3 and dw_w.shape[0] == dw_w.shape[1] and dw_w.shape[0] % 2
            and dw_w.shape[2] == c and dw_b.shape == ln_w.shape == ln_b.shape == b2.shape == g.shape == (c,)
            and w1.ndim == 2 and w1.shape[0] == c and b1.shape == (w1.shape[1],)
-           and w2.shape == (w1.shape[1], c),
+           and w2.shape == (w1.shape[1], c) and (not v2 or gw.shape == gb.shape == b1.shape),
            f"block: x {x.shape} does not fit the block's weights (dwconv {dw_w.shape}, "
-           f"pwconv1 {w1.shape}, pwconv2 {w2.shape})")
+           f"pwconv1 {w1.shape}, pwconv2 {w2.shape}, grn {gw.shape if v2 else None})")
     out = np.empty_like(x)
     if x.size == 0:
         return out
-    m, threads = x.size // c, _threads()
-    if _is_tall(m, threads):
-        tasks = _row_tasks(m, w1.shape[1], threads)
-        a3, hid3, o3 = _scratch(threads, -(-m // tasks), c, w1.shape[1], c)
+    m, threads, c4 = x.size // c, _threads(), w1.shape[1]
+    if not _is_tall(m, threads):
+        _block_wide(x, dw_w, dw_b, ln_w, ln_b, _F32(eps), _panels(w1), b1, gw, gb, _panels(w2), b2, g,
+                    threads, out)
+    elif v2:
+        n, hw = x.shape[0], x.shape[1] * x.shape[2]
+        if n % threads == 0:  # whole images per thread
+            group, tasks = 0, threads
+            a3, hid3 = _scratch(threads, hw, c, c4)
+            ssq3 = np.empty((1, n, c4), np.float32)
+        else:  # groups of images whose fc1 output is about the size of V1's tiles together
+            group = min(n, max(1, threads * TILE_FLOATS // (hw * c4)))
+            tasks = _row_tasks(group * hw, c4, threads)
+            a3, hid3 = _scratch(1, group * hw, c, c4)
+            ssq3 = np.empty((tasks, n, c4), np.float32)
+        _block_tall_grn(x, dw_w, dw_b, ln_w, ln_b, _F32(eps), _panels(w1), b1, gw, gb, _panels(w2), b2, g,
+                        group, tasks, a3, hid3, ssq3, out)
+    else:
+        tasks = _row_tasks(m, c4, threads)
+        a3, hid3, o3 = _scratch(threads, -(-m // tasks), c, c4, c)
         _block_tall(x, dw_w, dw_b, ln_w, ln_b, _F32(eps), _panels(w1), b1, _panels(w2), b2, g, tasks,
                     a3, hid3, o3, out)
-    else:
-        _block_wide(x, dw_w, dw_b, ln_w, ln_b, _F32(eps), _panels(w1), b1, _panels(w2), b2, g, threads, out)
     return out

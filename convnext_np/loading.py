@@ -18,7 +18,7 @@ import numpy as np
 from safetensors.numpy import save_file
 
 from . import backbone, family, torch_pickle, weights
-from .config import STRUCTURE_DEFAULTS, VARIANTS, ConvNextConfig, read_json_object
+from .config import MODEL_TYPES, STRUCTURE_DEFAULTS, V2_VARIANTS, VARIANTS, ConvNextConfig, read_json_object
 from .errors import WeightsError
 from .guards import check_num_labels, read_json_file
 from .labels import imagenet_labels
@@ -105,7 +105,11 @@ def _config_from_tensors(arch: dict, scheme: str, labels=None) -> ConvNextConfig
     head_eps = ConvNextConfig.layer_norm_eps if scheme == "hf" else eps
     return ConvNextConfig(depths=arch["depths"], hidden_sizes=arch["hidden_sizes"], norm_eps=eps,
                           layer_norm_eps=head_eps, id2label=dict(enumerate(labels)),
-                          model_type=arch.get("model_type", "convnext"), **arch["structure"])
+                          model_type=arch["model_type"], **arch["structure"])
+
+
+def _family(model_type: str) -> str:
+    return "ConvNeXt V2 (GRN blocks)" if model_type == "convnextv2" else "ConvNeXt V1 (layer scale)"
 
 
 def _check_finite(tensors: dict, where: str) -> None:
@@ -129,6 +133,8 @@ def load_local(path: Path, *, backend: str = "auto", num_threads: int | None = N
     check_num_labels(arch["num_labels"], f"{where}: classifier")
     _check_finite(state_dict, where)
     backbone_norms = weights.pop_backbone_norms(hf, arch["hidden_sizes"], where)
+    if not backbone_norms and not (config_json is not None and _is_backbone(config_json)):
+        hf = weights.add_fcmae_norm(hf, arch)  # timm's FCMAE encoders: no head, no final norm
     arch["structure"] = weights.infer_structure(hf, scheme)
     # DINOv3 ConvNeXt: transformers' naming, or the original file (facebookresearch names + norms.3)
     if scheme == "dinov3" or (scheme == "fb" and "norms.3.weight" in state_dict):
@@ -138,11 +144,17 @@ def load_local(path: Path, *, backend: str = "auto", num_threads: int | None = N
         if not str(config_json["architecture"]).startswith("convnext"):
             raise WeightsError(f"{path / 'config.json'}: architecture "
                                f"{config_json['architecture']!r} is not a ConvNeXt")
-        variant = str(config_json["architecture"]).removeprefix("convnext_")
-        if variant in VARIANTS and (tuple(arch["depths"]), tuple(arch["hidden_sizes"])) != VARIANTS[variant][:2]:
+        v2 = str(config_json["architecture"]).startswith("convnextv2")
+        if v2 != (arch["model_type"] == "convnextv2"):
             raise WeightsError(f"{path / 'config.json'}: architecture {config_json['architecture']!r} "
-                               f"has depths {list(VARIANTS[variant][0])} and widths "
-                               f"{list(VARIANTS[variant][1])}, but the tensors in {where} have "
+                               f"is {_family('convnextv2' if v2 else 'convnext')}, but the tensors in "
+                               f"{where} are {_family(arch['model_type'])}")
+        variant = str(config_json["architecture"]).removeprefix("convnextv2_" if v2 else "convnext_")
+        table = V2_VARIANTS if v2 else VARIANTS
+        if variant in table and (tuple(arch["depths"]), tuple(arch["hidden_sizes"])) != table[variant][:2]:
+            raise WeightsError(f"{path / 'config.json'}: architecture {config_json['architecture']!r} "
+                               f"has depths {list(table[variant][0])} and widths "
+                               f"{list(table[variant][1])}, but the tensors in {where} have "
                                f"{arch['depths']} and {arch['hidden_sizes']}")
         declared = config_json.get("num_classes", arch["num_labels"])
         if declared != arch["num_labels"]:
@@ -165,10 +177,13 @@ def load_local(path: Path, *, backend: str = "auto", num_threads: int | None = N
         _check_against_config(config, arch, path / "config.json", where)
     elif config_json is not None:  # Hugging Face layout
         model_type = config_json.get("model_type")
-        if model_type != "convnext":
-            what = "ConvNeXt V2, which convnext_np does not implement" if model_type == "convnextv2" \
-                else "not a ConvNeXt"
-            raise WeightsError(f"{path / 'config.json'}: model_type {model_type!r} is {what}")
+        if model_type not in MODEL_TYPES:
+            raise WeightsError(f"{path / 'config.json'}: model_type {model_type!r} is not a ConvNeXt "
+                               f"(expected one of {', '.join(MODEL_TYPES)})")
+        if model_type != arch["model_type"]:
+            raise WeightsError(f"{path / 'config.json'}: model_type {model_type!r} is "
+                               f"{_family(model_type)}, but the tensors in {where} are "
+                               f"{_family(arch['model_type'])}")
         config = ConvNextConfig.from_dict(config_json, where=path / "config.json")
         if arch["num_labels"] == 0:  # a ConvNextModel (no head): HF ignores num_labels then
             config.id2label = {}

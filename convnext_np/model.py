@@ -1,4 +1,5 @@
-"""The ConvNeXt forward pass, top-down (Liu et al. 2022, "A ConvNet for the 2020s", Fig. 4).
+"""The ConvNeXt forward pass, top-down (Liu et al. 2022, "A ConvNet for the 2020s", Fig. 4), and
+ConvNeXt V2's (Woo et al. 2023), which differs only inside the block.
 
 References: the paper; facebookresearch/ConvNeXt ``models/convnext.py``; Hugging Face
 transformers ``modeling_convnext.py``; timm ``convnext.py``. Every function works channels-last
@@ -44,16 +45,24 @@ def downsample(x, norm_w, norm_b, w, b, *, eps, ops):
 
 
 def block(x, dwconv_w, dwconv_b, norm_w, norm_b, pwconv1_w, pwconv1_b, pwconv2_w, pwconv2_b,
-          gamma, *, eps, ops):
+          gamma=None, grn_w=None, grn_b=None, *, eps, ops):
     """ConvNeXt block (paper Fig. 4): dwconv 7x7, LN, Linear C->4C, GELU, Linear 4C->C, layer
-    scale ``gamma``, residual. Stochastic depth is the identity at inference."""
+    scale ``gamma``, residual. Stochastic depth is the identity at inference.
+
+    The block's parameters say which block it is: V1 has layer scale ``gamma``; ConvNeXt V2
+    (Woo et al. 2023, Sec. 3) has none, and a GRN after the GELU instead (``grn_w``, ``grn_b``).
+    """
     r = x
     x = ops.depthwise_conv(x, dwconv_w, dwconv_b)
     x = ops.layer_norm(x, norm_w, norm_b, eps)
     x = ops.linear(x, pwconv1_w, pwconv1_b)  # [N, H, W, C] -> [N, H, W, 4C]
     x = ops.gelu(x)
+    if grn_w is not None:
+        x = ops.grn(x, grn_w, grn_b)  # V2
     x = ops.linear(x, pwconv2_w, pwconv2_b)  # [N, H, W, 4C] -> [N, H, W, C]
-    return r + gamma * x
+    if gamma is not None:
+        x = gamma * x  # V1
+    return r + x
 
 
 def head(x, norm_w, norm_b, fc_w=None, fc_b=None, pre_w=None, pre_b=None, *, eps, ops):
@@ -202,6 +211,8 @@ class ConvNeXt:
 
     def __repr__(self):
         variant = self.config.variant() or f"depths={self.config.depths}"
+        if self.config.model_type == "convnextv2":
+            variant = f"V2 {variant}"
         return (f"ConvNeXt({variant}, num_labels={self.config.num_labels}, "
                 f"backend={self.backend!r}, source={self.source!r})")
 

@@ -86,6 +86,21 @@ def linear(x, w, b):
     return y.reshape(*x.shape[:-1], w.shape[1])
 
 
+GRN_EPS = np.float32(1e-6)  # added to the channel mean of the norms (not inside a sqrt)
+
+
+def grn(x, w, b):
+    """Global Response Normalization, ConvNeXt V2 (Woo et al. 2023, Sec. 3, Algorithm 1).
+
+    Per image and channel, the L2 norm over all positions, Gx; divided by its mean over the
+    channels plus 1e-6, Nx; then ``w * (x * Nx) + b + x`` with the learned ``w`` and ``b`` (C,).
+    [N, H, W, C] -> [N, H, W, C]
+    """
+    gx = np.sqrt(np.square(x).sum(axis=(1, 2), keepdims=True))  # [N, 1, 1, C]
+    nx = gx / (gx.mean(axis=-1, keepdims=True) + GRN_EPS)
+    return w * (x * nx) + b + x
+
+
 def global_avg_pool(x):
     """[N, H, W, C] -> [N, C]"""
     return x.mean(axis=(1, 2))

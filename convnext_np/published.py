@@ -1,9 +1,10 @@
 """Published logits of the official checkpoints, as data, and ``verify`` against them.
 
 Every number here was published by someone else (reference spec F): the transformers test
-suite's expected ``logits[0, :3]`` for ``facebook/convnext-tiny-224`` on the COCO val2017
-"two cats" image (000000039769), and the expected slices hard-coded in transformers'
-``convert_convnext_to_pytorch.py`` for every converted checkpoint. The image is not in this
+suite's expected ``logits[0, :3]`` for ``facebook/convnext-tiny-224`` and
+``facebook/convnextv2-tiny-1k-224`` on the COCO val2017 "two cats" image (000000039769), and
+the expected slices hard-coded in transformers' ``convert_convnext_to_pytorch.py`` and
+``convert_convnextv2_to_pytorch.py`` for every converted checkpoint. The image is not in this
 repository; get it from the transformers repo at ``tests/fixtures/tests_samples/COCO/000000039769.png``
 (the test values) or from http://images.cocodataset.org/val2017/000000039769.jpg (the
 converter values).
@@ -31,6 +32,8 @@ COCO_JPG = "http://images.cocodataset.org/val2017/000000039769.jpg"
 COCO_SIZE = (640, 480)  # width, height of COCO val2017 000000039769
 HF_TEST = "transformers tests/models/convnext/test_modeling_convnext.py, test_inference_image_classification_head"
 HF_CONVERTER = "transformers src/transformers/models/convnext/convert_convnext_to_pytorch.py"
+HF_TEST_V2 = "transformers tests/models/convnextv2/test_modeling_convnextv2.py, test_inference_image_classification_head"
+HF_CONVERTER_V2 = "transformers src/transformers/models/convnextv2/convert_convnextv2_to_pytorch.py"
 
 
 @dataclass(frozen=True)
@@ -55,6 +58,17 @@ def _converter(checkpoint, fb, logits):
                                   "cropping' (the script's comment)",
                     note="may not reproduce with today's processor (transformers PR #37460 mentions "
                          "an AssertionError against these values)")
+
+
+def _converter_v2(size, fb, logits):
+    """A row of the ConvNeXt V2 converter's table: ``logits[0, :5]``, atol 1e-3."""
+    hf = "facebook/" + fb.split("/")[1].replace("_", "-").removesuffix("-ema")
+    crop = "crop_pct 224/256" if size == 224 else "no crop"
+    return Expected(hf, logits, atol=1e-3, rtol=1e-5, image=COCO_JPG,
+                    source=f"{HF_CONVERTER_V2} (checkpoint {fb})", kind="converter",
+                    preprocessing=f"ConvNextImageProcessor(size={size}, {crop}, bicubic, ImageNet "
+                                  "mean and std) on the JPEG, 'obtained without center cropping' "
+                                  "(the script's comment)")
 
 
 # torch.allclose's default rtol (1e-5) applies wherever a publisher gave only atol.
@@ -85,6 +99,34 @@ PUBLISHED = (
     _converter("facebook/convnext-large-384-22k-1k", "convnext_large_22k_1k_384", (-0.2642, 0.3931, 0.5116)),
     _converter("facebook/convnext-xlarge-224-22k-1k", "convnext_xlarge_22k_1k_224_ema", (-0.6677, -0.1873, -0.8379)),
     _converter("facebook/convnext-xlarge-384-22k-1k", "convnext_xlarge_22k_1k_384_ema", (-0.7749, -0.2967, -0.6444)),
+    # ConvNeXt V2 (Woo et al. 2023): the test suite's values for the tiny, then the converter's.
+    Expected("facebook/convnextv2-tiny-1k-224", (0.9996, 0.1966, -0.4386), atol=1e-4, rtol=1e-4,
+             image=COCO_PNG, source=f"{HF_TEST_V2}, older version (commit 2cc7e6a)", kind="test",
+             preprocessing="AutoImageProcessor of facebook/convnextv2-tiny-1k-224 (224, crop_pct "
+                           "0.875, bicubic), the PIL pipeline of the time"),
+    Expected("facebook/convnextv2-tiny-1k-224", (0.9989, 0.1953, -0.4382), atol=1e-4, rtol=1e-4,
+             image=COCO_PNG, source=f"{HF_TEST_V2}, current version (commit 04d4145)", kind="test",
+             preprocessing="AutoImageProcessor of facebook/convnextv2-tiny-1k-224, most likely the "
+                           "torchvision backend (inferred, as for the V1 values)",
+             note="up to 1.3e-3 from the older values: a PIL pipeline need not meet it"),
+    _converter_v2(224, "im1k/convnextv2_atto_1k_224_ema", (-0.3930, 0.1747, -0.5246, 0.4177, 0.4295)),
+    _converter_v2(224, "im1k/convnextv2_femto_1k_224_ema", (-0.1727, -0.5341, -0.7818, -0.4745, -0.6566)),
+    _converter_v2(224, "im1k/convnextv2_pico_1k_224_ema", (-0.0333, 0.1563, -0.9137, 0.1054, 0.0381)),
+    _converter_v2(224, "im1k/convnextv2_nano_1k_224_ema", (-0.1744, -0.1555, -0.0713, 0.0950, -0.1431)),
+    _converter_v2(224, "im1k/convnextv2_tiny_1k_224_ema", (0.9996, 0.1966, -0.4386, -0.3472, 0.6661)),
+    _converter_v2(224, "im1k/convnextv2_base_1k_224_ema", (-0.2553, -0.6708, -0.1359, 0.2518, -0.2488)),
+    _converter_v2(224, "im1k/convnextv2_large_1k_224_ema", (-0.0673, -0.5627, -0.3753, -0.2722, 0.0178)),
+    _converter_v2(224, "im1k/convnextv2_huge_1k_224_ema", (-0.6377, -0.7458, -0.2150, 0.1184, -0.0597)),
+    _converter_v2(224, "im22k/convnextv2_nano_22k_224_ema", (1.0799, 0.2322, -0.8860, 1.0219, 0.6231)),
+    _converter_v2(384, "im22k/convnextv2_nano_22k_384_ema", (0.3766, 0.4917, -1.1426, 0.9942, 0.6024)),
+    _converter_v2(224, "im22k/convnextv2_tiny_22k_224_ema", (0.4220, -0.6919, -0.4317, -0.2881, -0.6609)),
+    _converter_v2(384, "im22k/convnextv2_tiny_22k_384_ema", (0.1082, -0.8286, -0.5095, 0.4681, -0.8085)),
+    _converter_v2(224, "im22k/convnextv2_base_22k_224_ema", (-0.2419, -0.6221, 0.2176, -0.0980, -0.7527)),
+    _converter_v2(384, "im22k/convnextv2_base_22k_384_ema", (0.0391, -0.4371, 0.3786, 0.1251, -0.2784)),
+    _converter_v2(224, "im22k/convnextv2_large_22k_224_ema", (-0.0504, 0.5636, -0.1729, -0.6507, -0.3949)),
+    _converter_v2(384, "im22k/convnextv2_large_22k_384_ema", (0.3560, 0.9486, 0.3149, -0.2667, -0.5138)),
+    _converter_v2(384, "im22k/convnextv2_huge_22k_384_ema", (-0.2469, -0.4550, -0.5853, -0.0810, 0.0309)),
+    _converter_v2(512, "im22k/convnextv2_huge_22k_512_ema", (-0.3090, 0.0802, -0.0682, -0.1979, -0.2826)),
 )
 
 

@@ -1,7 +1,7 @@
 """Per-stage shapes, parameter counts and multiply-accumulates of a ConvNeXt (``convnext-np info``).
 
 MACs count the convolutions and Linear layers (what the paper's "FLOPs" column counts: 4.5G
-for ConvNeXt-T at 224); LayerNorm, GELU, layer scale and the residual adds are left out.
+for ConvNeXt-T at 224); LayerNorm, GELU, layer scale, GRN and the residual adds are left out.
 """
 
 from __future__ import annotations

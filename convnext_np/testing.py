@@ -2,8 +2,9 @@
 
 Random weights are drawn per tensor from a seed and the tensor's name, so the same state
 dict can be rebuilt anywhere from its list of names and shapes, with NumPy alone. They are
-*realistic*: layer scale, LayerNorm affine and biases are drawn wide. The default init
-(layer scale 1e-6) makes every block nearly the identity and would hide bugs in the blocks.
+*realistic*: layer scale, LayerNorm affine, GRN affine and biases are drawn wide. The default
+inits (layer scale 1e-6, GRN weight and bias 0) make every block nearly the identity and would
+hide bugs in the blocks.
 """
 
 from __future__ import annotations
@@ -30,6 +31,9 @@ def _rng(seed: int, name: str) -> np.random.Generator:
 def realistic_tensor(name: str, shape, seed: int = 0) -> np.ndarray:
     """One float32 tensor, its distribution chosen by its role, read off its name and rank.
 
+    - ConvNeXt V2's GRN weight and bias (any name with ``grn.``, whatever its shape: transformers'
+      and facebookresearch's (1, 1, 1, 4C), timm's (4C,)): N(0, 0.5), so that GRN matters (it is
+      the identity at its zero init);
     - layer scale (``gamma`` / ``layer_scale_parameter``): uniform in [0.1, 1], so every block
       contributes (trained ConvNeXts have values from ~1e-3 to ~1);
     - LayerNorm weight (any other 1-D ``weight``): 1 + N(0, 0.3);
@@ -38,7 +42,9 @@ def realistic_tensor(name: str, shape, seed: int = 0) -> np.ndarray:
     """
     rng = _rng(seed, name)
     shape = tuple(shape)
-    if name.endswith(("gamma", "layer_scale_parameter")):
+    if "grn." in name:
+        x = rng.normal(0.0, 0.5, shape)
+    elif name.endswith(("gamma", "layer_scale_parameter")):
         x = rng.uniform(0.1, 1.0, shape)
     elif name.endswith("bias"):
         x = rng.normal(0.0, 0.2, shape)

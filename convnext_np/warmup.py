@@ -162,6 +162,7 @@ def _sides(threads: int) -> tuple:
 # fields (and the Backbone's out_features) over a V1 model with a 3-class head.
 STRUCTURES = (
     {},
+    {"model_type": "convnextv2"},  # GRN blocks, no layer scale
     {"num_labels": 0},
     {"head_norm_first": True},  # timm's _hnf
     {"head_hidden_size": 32},  # timm's MLP head (convnext_large_mlp)

@@ -1,9 +1,13 @@
 """Official weight naming schemes, and the layout the model keeps its weights in.
 
-Three schemes publish ConvNeXt V1 weights (reference spec C): Hugging Face transformers
+Three schemes publish ConvNeXt weights (reference spec C): Hugging Face transformers
 (``convnext.encoder.stages.0.layers.0.dwconv.weight``), timm (``stages.0.blocks.0.conv_dw.weight``)
 and the original facebookresearch code (``stages.0.0.dwconv.weight``). Each is mapped by one
-table of renames onto the Hugging Face names, the canonical ones here. Then
+table of renames onto the Hugging Face V1 names, the canonical ones here. ConvNeXt V2 weights
+use the same schemes, with a GRN in every block (transformers ``grn.weight``, timm
+``mlp.grn.weight``, facebookresearch ConvNeXt-V2 ``grn.gamma``) and no layer scale;
+transformers stores a V2 model under ``convnextv2.`` instead of ``convnext.``, which is mapped
+in and out here (:func:`hf_prefix`). Then
 :func:`to_params` checks the tensors strictly against the config and converts each, once, from
 torch layout into the channels-last layout of :mod:`convnext_np.ops`.
 """
@@ -24,7 +28,11 @@ _BLOCK = _STAGE + r".layers.\2"
 # scheme -> [(pattern matched against the whole key, HF name)]
 RENAMES = {
     "hf": [
+        # ConvNeXt V2; ``gamma``/``beta`` are the GRN's legacy names, which transformers renames
+        (r"(?:convnextv2\.)?(encoder\.stages\.\d+\.layers\.\d+\.grn)\.gamma", r"convnext.\1.weight"),
+        (r"(?:convnextv2\.)?(encoder\.stages\.\d+\.layers\.\d+\.grn)\.beta", r"convnext.\1.bias"),
         (r"(?:convnext\.)?(embeddings|encoder|layernorm)(\..+)", r"convnext.\1\2"),
+        (r"convnextv2\.(embeddings|encoder|layernorm)(\..+)", r"convnext.\1\2"),
         (r"(classifier\.(?:weight|bias))", r"\1"),
     ],
     "timm": [
@@ -35,6 +43,7 @@ RENAMES = {
         (r"stages\.(\d+)\.blocks\.(\d+)\.norm\.(weight|bias)", _BLOCK + r".layernorm.\3"),
         (r"stages\.(\d+)\.blocks\.(\d+)\.mlp\.fc([12])\.(weight|bias)", _BLOCK + r".pwconv\3.\4"),
         (r"stages\.(\d+)\.blocks\.(\d+)\.gamma", _BLOCK + r".layer_scale_parameter"),
+        (r"stages\.(\d+)\.blocks\.(\d+)\.mlp\.grn\.(weight|bias)", _BLOCK + r".grn.\3"),  # V2
         (r"head\.norm\.(weight|bias)", r"convnext.layernorm.\1"),
         (r"head\.fc\.(weight|bias)", r"classifier.\1"),
     ],
@@ -46,6 +55,8 @@ RENAMES = {
         (r"stages\.(\d+)\.(\d+)\.norm\.(weight|bias)", _BLOCK + r".layernorm.\3"),
         (r"stages\.(\d+)\.(\d+)\.pwconv([12])\.(weight|bias)", _BLOCK + r".pwconv\3.\4"),
         (r"stages\.(\d+)\.(\d+)\.gamma", _BLOCK + r".layer_scale_parameter"),
+        (r"stages\.(\d+)\.(\d+)\.grn\.gamma", _BLOCK + r".grn.weight"),  # ConvNeXt-V2
+        (r"stages\.(\d+)\.(\d+)\.grn\.beta", _BLOCK + r".grn.bias"),
         (r"norm\.(weight|bias)", r"convnext.layernorm.\1"),
         (r"head\.(weight|bias)", r"classifier.\1"),
     ],
@@ -92,7 +103,8 @@ DROPPED = {"fb": (r"norms\.3\.(weight|bias)",)}
 
 # A key that only one scheme has: how the scheme of a state dict is recognised.
 SIGNATURES = {
-    "hf": ("convnext.embeddings.patch_embeddings.weight", "embeddings.patch_embeddings.weight"),
+    "hf": ("convnext.embeddings.patch_embeddings.weight", "embeddings.patch_embeddings.weight",
+           "convnextv2.embeddings.patch_embeddings.weight"),
     "timm": ("stem.0.weight",),
     "fb": ("downsample_layers.0.0.weight",),
     "dinov3": ("stages.0.downsample_layers.0.weight", "model.stages.0.downsample_layers.0.weight"),
@@ -138,9 +150,13 @@ def unwrap(obj, where: str) -> dict:
 
 def detect_scheme(keys, where: str) -> str:
     keys = set(keys)
-    if any(k.startswith("convnextv2.") or ".grn." in k for k in keys):
-        raise WeightsError(f"{where}: this is a ConvNeXt V2 checkpoint (GRN layers); "
-                           "convnext_np implements ConvNeXt V1")
+    prefixes = sorted({k.split(".", 1)[0] for k in keys} & {"convnext", "convnextv2"})
+    if len(prefixes) > 1:
+        raise WeightsError(f"{where}: tensors under both 'convnext.' and 'convnextv2.': "
+                           "one checkpoint is one model")
+    if prefixes == ["convnextv2"] and not any(".grn." in k for k in keys):
+        raise WeightsError(f"{where}: tensors under 'convnextv2.' (transformers' ConvNeXt V2) but "
+                           "no GRN tensors, which every ConvNeXt V2 block has")
     for scheme, signature in SIGNATURES.items():
         if keys & set(signature):
             if scheme == "timm":
@@ -164,8 +180,12 @@ def to_hf_names(state_dict: dict, scheme: str, where: str) -> dict:
                 break
         else:
             raise WeightsError(f"{where}: unexpected tensor {key!r} for a {scheme} ConvNeXt checkpoint")
+        if name in out:
+            raise WeightsError(f"{where}: two tensors are {name!r} (the second is {key!r})")
         if re.search(r"pwconv[12]\.weight$", name) and np.ndim(value) == 4 and value.shape[2:] == (1, 1):
             value = value.reshape(value.shape[:2])  # timm conv_mlp (spec C, notes)
+        if re.search(r"\.grn\.(weight|bias)$", name) and np.ndim(value) == 1:
+            value = value.reshape(1, 1, 1, -1)  # timm's GRN: (4C,); transformers': (1, 1, 1, 4C)
         out[name] = value
     return out
 
@@ -178,7 +198,9 @@ BLOCK_NAMES = {"dwconv_w": "dwconv.weight", "dwconv_b": "dwconv.bias",
                "norm_w": "layernorm.weight", "norm_b": "layernorm.bias",
                "pwconv1_w": "pwconv1.weight", "pwconv1_b": "pwconv1.bias",
                "pwconv2_w": "pwconv2.weight", "pwconv2_b": "pwconv2.bias",
-               "gamma": "layer_scale_parameter"}
+               "gamma": "layer_scale_parameter", "grn_w": "grn.weight", "grn_b": "grn.bias"}
+V2_ONLY, V1_ONLY = ("grn_w", "grn_b"), ("gamma",)  # ConvNeXt V2: GRN, no layer scale
+
 HEAD_NAMES = {"norm_w": "convnext.layernorm.weight", "norm_b": "convnext.layernorm.bias",
               "fc_w": "classifier.weight", "fc_b": "classifier.bias"}
 
@@ -197,9 +219,10 @@ def param_table(config: ConvNextConfig) -> list:
             rows += [(("stages", s, "downsample", k), f"{stage}.downsampling_layer.{v}", shapes[k])
                      for k, v in DOWNSAMPLE_NAMES.items()]
         shapes = {"dwconv_w": (c, 1, 7, 7), "pwconv1_w": (4 * c, c), "pwconv1_b": (4 * c,),
-                  "pwconv2_w": (c, 4 * c)}
+                  "pwconv2_w": (c, 4 * c), "grn_w": (1, 1, 1, 4 * c), "grn_b": (1, 1, 1, 4 * c)}
+        absent = V1_ONLY if config.model_type == "convnextv2" else V2_ONLY
         rows += [(("stages", s, "blocks", b, k), f"{stage}.layers.{b}.{v}", shapes.get(k, (c,)))
-                 for b in range(depth) for k, v in BLOCK_NAMES.items()]
+                 for b in range(depth) for k, v in BLOCK_NAMES.items() if k not in absent]
     head_shapes = {"norm_w": (c3,), "norm_b": (c3,),
                    "fc_w": (config.num_labels, c3), "fc_b": (config.num_labels,)}
     rows += [(("head", k), v, head_shapes[k]) for k, v in HEAD_NAMES.items()
@@ -258,7 +281,27 @@ def infer_architecture(hf: dict, where: str) -> dict:
     except KeyError as e:
         raise WeightsError(f"{where}: cannot infer the architecture: tensor {e.args[0]!r} is missing") from None
     head = hf.get("classifier.weight")
-    return {"depths": depths, "hidden_sizes": dims, "num_labels": 0 if head is None else head.shape[0]}
+    return {"depths": depths, "hidden_sizes": dims, "num_labels": 0 if head is None else head.shape[0],
+            "model_type": "convnextv2" if any(".grn." in k for k in hf) else "convnext"}
+
+
+def add_fcmae_norm(hf: dict, arch: dict) -> dict:
+    """``hf`` with a final LayerNorm of weight 1 and bias 0 where a headless ConvNeXt V2 has none.
+
+    The self-supervised FCMAE encoders (timm ``convnextv2_*.fcmae``) have no head and no final
+    norm; timm loads them into a model whose norm keeps its initial values (timm convnext.py,
+    ``_create_convnext``), which this reproduces. Any other checkpoint must have its norm.
+    """
+    names = ("convnext.layernorm.weight", "convnext.layernorm.bias")
+    if arch["model_type"] != "convnextv2" or arch["num_labels"] or any(n in hf for n in names):
+        return hf
+    c3 = arch["hidden_sizes"][-1]
+    return {**hf, names[0]: np.ones(c3, np.float32), names[1]: np.zeros(c3, np.float32)}
+
+
+def hf_prefix(config: ConvNextConfig) -> str:
+    """The prefix of transformers' base model: ``convnext`` (V1) or ``convnextv2`` (V2)."""
+    return config.model_type
 
 
 def infer_structure(hf: dict, scheme: str) -> dict:
@@ -324,6 +367,7 @@ LAYOUTS = [  # (name pattern, torch -> ours, ours -> torch)
     (r"pre_logits\.fc\.weight", lambda w: w.T, lambda w, s: w.T),  # timm convnext_large_mlp
     (r"dwconv\.weight", lambda w: w[:, 0].transpose(1, 2, 0), lambda w, s: w.transpose(2, 0, 1)[:, None]),
     (r"(pwconv[12]|classifier)\.weight", lambda w: w.T, lambda w, s: w.T),
+    (r"grn\.(weight|bias)", lambda w: w.reshape(-1), lambda w, s: w.reshape(s)),  # (1, 1, 1, 4C) <-> (4C,)
 ]
 
 
@@ -405,8 +449,11 @@ def to_params(hf: dict, config: ConvNextConfig, where: str) -> dict:
 
 
 def to_hf_tensors(params: dict, config: ConvNextConfig) -> dict:
-    """The inverse of :func:`to_params`: HF names, torch layout, contiguous float32."""
-    return {name: ours_to_torch(name, _node(params, path)[path[-1]], shape)
+    """The inverse of :func:`to_params`: HF names (``convnextv2.`` for V2), torch layout,
+    contiguous float32."""
+    prefix = hf_prefix(config) + "."
+    return {prefix + name.removeprefix("convnext.") if name.startswith("convnext.") else name:
+            ours_to_torch(name, _node(params, path)[path[-1]], shape)
             for path, name, shape in param_table(config)}
 
 

@@ -18,6 +18,15 @@ LAYOUT_SOURCES = {
     "fb-pth": "fb-pth/checkpoint.pth",
     "fb-safetensors": "fb-safetensors/checkpoint.safetensors",
 }
+# ConvNeXt V2 (GRN blocks): layout -> source, and whether the model has a classification head
+V2_LAYOUT_SOURCES = {
+    "v2-hf-safetensors": ("v2-hf-safetensors", True),
+    "v2-hf-headless": ("v2-hf-headless", False),
+    "v2-timm": ("v2-timm", True),
+    "v2-timm-conv-mlp": ("v2-timm-conv-mlp", True),
+    "v2-timm-fcmae": ("v2-timm-fcmae", False),
+    "v2-fb-pt": ("v2-fb-pt/checkpoint.pt", True),
+}
 
 
 def pytest_addoption(parser):

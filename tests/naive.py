@@ -52,3 +52,20 @@ def layer_norm(v, w, b, eps):
 
 def gelu(t):
     return 0.5 * t * (1 + math.erf(t / math.sqrt(2)))
+
+
+def grn(x, w, b, eps=1e-6):
+    """x (N, H, W, C) channels-last, w and b (C,): ConvNeXt V2's GRN, one number at a time."""
+    n, h, w_, c = x.shape
+    out = np.zeros(x.shape)
+    for i in range(n):
+        norms = [math.sqrt(sum(float(x[i, y, z, ch]) ** 2 for y in range(h) for z in range(w_)))
+                 for ch in range(c)]
+        mean = sum(norms) / c
+        for ch in range(c):
+            scale = norms[ch] / (mean + eps)
+            for y in range(h):
+                for z in range(w_):
+                    t = float(x[i, y, z, ch])
+                    out[i, y, z, ch] = float(w[ch]) * (t * scale) + float(b[ch]) + t
+    return out

@@ -116,6 +116,21 @@ def test_info(capsys):
     assert "28,589,128" in out and "4.456" in out and "(768, 7, 7)" in out
 
 
+
+def test_info_v2(capsys):
+    """ConvNeXt V2-T: V1's 28.59M parameters less each block's layer scale (C) plus its GRN (2 x 4C);
+    the same MACs (GRN, like LayerNorm, is not counted)."""
+    code, out, _ = run(capsys, "info", "tiny", "--v2")
+    assert code == 0 and out.startswith("ConvNeXt V2 tiny")
+    assert f"{28_589_128 + 7 * (3 * 96 + 3 * 192 + 9 * 384 + 3 * 768):,d}" in out and "4.456" in out
+    code, out, _ = run(capsys, "info", "huge", "--v2")
+    assert code == 0 and "(2816, 7, 7)" in out
+    code, out, _ = run(capsys, "info", str(FIXTURES / "v2-timm-fcmae"))
+    assert code == 0 and out.startswith("ConvNeXt V2 custom")
+    code, _, err = run(capsys, "info", str(FIXTURES / "v2-timm-fcmae"), "--v2")
+    assert code == 2 and "--v2 takes a variant" in err
+
+
 def test_console_script_help():
     """The installed entry point runs, and every command has --help with examples."""
     for command in ([], ["classify"], ["features"], ["convert"], ["info"]):

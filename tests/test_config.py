@@ -7,6 +7,7 @@ import pytest
 import convnext_np as cnp
 from conftest import FIXTURES
 from convnext_np.checkpoints import CHECKPOINTS, find_checkpoint
+from convnext_np.config import MODEL_TYPES, V2_VARIANTS
 
 
 def test_hf_config_round_trips_with_unknown_keys(tmp_path):
@@ -53,10 +54,28 @@ def test_checkpoint_table_is_consistent():
     aliases = [c.alias for c in CHECKPOINTS]
     assert len(aliases) == len(set(aliases))
     for c in CHECKPOINTS:
-        assert c.variant in cnp.VARIANTS
+        assert c.variant in (V2_VARIANTS if c.model_type == "convnextv2" else cnp.VARIANTS)
+        assert c.model_type in MODEL_TYPES
+        assert (c.license == "cc-by-nc-4.0") == (c.model_type == "convnextv2")  # V2 weights: non-commercial
         assert (c.crop_pct is None) == (c.image_size >= 384)
         for name in filter(None, (c.alias, c.hf_id, c.timm)):
             assert find_checkpoint(name) is c
     assert find_checkpoint("timm/convnext_tiny.fb_in1k").hf_id == "facebook/convnext-tiny-224"
+    v2 = find_checkpoint("facebook/convnextv2-tiny-1k-224")
+    assert (v2.timm, v2.top1, v2.model_type) == ("convnextv2_tiny.fcmae_ft_in1k", 83.0, "convnextv2")
+    assert find_checkpoint("convnextv2_huge.fcmae_ft_in22k_in1k_512").image_size == 512
+
+
+def test_v2_config():
+    config = cnp.ConvNextConfig.from_variant("huge", model_type="convnextv2")
+    assert config.variant() == "huge" and config.hidden_sizes == [352, 704, 1408, 2816]
+    d = config.to_dict()
+    assert d["model_type"] == "convnextv2" and d["architectures"] == ["ConvNextV2ForImageClassification"]
+    assert "layer_scale_init_value" not in d  # not a field of transformers' ConvNextV2Config
+    headless = cnp.ConvNextConfig.from_variant("tiny", num_labels=0, model_type="convnextv2")
+    assert headless.to_dict()["architectures"] == ["ConvNextV2Model"]
+    assert cnp.ConvNextConfig.from_dict(d).model_type == "convnextv2"
+    with pytest.raises(cnp.WeightsError, match="model_type"):
+        cnp.ConvNextConfig.from_dict(dict(d, model_type="resnet"))
     assert find_checkpoint("facebook/convnext-base-224-22k").num_labels == 21841
     assert find_checkpoint("nope") is None

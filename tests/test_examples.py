@@ -108,6 +108,19 @@ def test_architecture_doc_pastes_the_info_output():
     assert "H·W·C·(49 + 8C)" in text and stage1["macs"] == 3 * 56 * 56 * 96 * (49 + 8 * 96)
 
 
+
+def test_architecture_doc_pastes_the_v2_info_output():
+    text = (DOCS / "architecture.md").read_text(encoding="utf-8")
+    block = re.search(r"```console\n\$ convnext-np info tiny --v2\n(.*?)```", text, re.S)
+    assert block, "docs/architecture.md must show `$ convnext-np info tiny --v2` and its output"
+    buffer = io.StringIO()
+    with redirect_stdout(buffer):
+        assert main(["info", "tiny", "--v2"]) == 0
+    assert block.group(1) == buffer.getvalue()
+    stage1 = stage_rows(cnp.ConvNextConfig.from_variant("tiny", model_type="convnextv2"))[1]
+    assert "8C² + 65C" in text and stage1["params"] == 3 * (8 * 96 ** 2 + 65 * 96)
+
+
 def crosswalk_rows():
     text = (DOCS / "weights.md").read_text(encoding="utf-8")
     section = text.split("## The crosswalk")[1].split("\n## ")[0]
@@ -135,6 +148,26 @@ def test_weights_crosswalk_is_true_to_the_code():
         for scheme, k in (("timm", timm), ("fb", fb), ("hf", hf)):
             assert list(weights.to_hf_names({key(k): np.zeros(shape)}, scheme, "doc")) == [name], (scheme, k)
     assert len(rows) == 21  # every kind of tensor: 4 stem, 4 downsampling, 9 block, 4 head
+
+
+def test_weights_v2_table_is_true_to_the_code():
+    text = (DOCS / "weights.md").read_text(encoding="utf-8")
+    section = text.split("## ConvNeXt V2")[1].split("\n## ")[0]
+    rows = [[c.strip().strip("`") for c in line.strip().strip("|").split("|")]
+            for line in section.splitlines() if line.startswith("| GRN")]
+    config = cnp.ConvNextConfig.from_variant("tiny", model_type="convnextv2")
+    table = {name: (path, shape) for path, name, shape in weights.param_table(config)}
+    for part, hf, timm, fb, torch_shape, ours, our_shape in rows:
+        key = lambda k: k.format(s=2, b=0)  # noqa: E731
+        name = key(hf).replace("convnextv2.", "convnext.", 1)  # the canonical name
+        path, shape = table[name]
+        assert str(shape) == torch_shape, part
+        assert ".".join(map(str, path)) == key(ours).replace("[", ".").replace("]", ""), part
+        assert str(weights.torch_to_ours(name, np.zeros(shape, np.float32)).shape) == our_shape, part
+        for scheme, k, k_shape in (("timm", timm, shape[-1:]), ("fb", fb, shape), ("hf", hf, shape)):
+            hf_named = weights.to_hf_names({key(k): np.zeros(k_shape)}, scheme, "doc")
+            assert list(hf_named) == [name] and hf_named[name].shape == shape, (scheme, k)
+    assert len(rows) == 2
 
 
 def test_porting_doc_snippet_runs(tmp_path):

@@ -190,3 +190,18 @@ def test_float64_bundle_matches_transformers_in_float64(bundles):
     for i, h in enumerate(ref.hidden_states):
         h = h.numpy()
         assert_allclose(stored[f"hidden_states.{i}"], h, rtol=0, atol=1e-12 * np.abs(h).max(), strict=True)
+
+
+def test_v2_bundles_float32_and_float64(tmp_path):
+    """A ConvNeXt V2 (GRN) bundle: its manifest says so, float64 agrees with float32, both re-check."""
+    source = str(FIXTURES / "v2-timm")
+    model = cnp.from_pretrained(source, backend="numpy")
+    golden.write_bundle(PHOTOS, model, tmp_path / "f32", name=source)
+    golden.write_bundle(PHOTOS, model, tmp_path / "f64", float64=True, name=source)
+    manifest = json.loads((tmp_path / "f64" / "manifest.json").read_text())
+    assert manifest["model"]["model_type"] == "convnextv2"
+    f32, f64 = (load_file(str(tmp_path / b / "tensors.safetensors")) for b in ("f32", "f64"))
+    for name in NAMES[1:]:
+        tol = manifest["tensors"][name]["tolerance"]
+        assert 0 < np.abs(f32[name].astype(np.float64) - f64[name]).max() <= tol["atol"] / 10, name
+    assert golden.check_bundle(tmp_path / "f32", source).ok and golden.check_bundle(tmp_path / "f64", source).ok

@@ -174,6 +174,33 @@ def test_fused_block_equals_the_composition(n, h, w, c, tall, tile_rows, eps, se
     close(got, model.block(x, **p, eps=eps, ops=ops))
 
 
+def v2_block_params(rng, c, expansion=4):
+    """A ConvNeXt V2 block: no layer scale, GRN weight and bias drawn wide (their init is 0)."""
+    p = block_params(rng, c, expansion)
+    del p["gamma"]
+    return dict(p, grn_w=rand(rng, expansion * c, scale=0.5), grn_b=rand(rng, expansion * c, scale=0.5))
+
+
+@examples(30)
+@given(n=batches, h=sides, w=sides, c=channels, tall=st.booleans(),
+       tile_rows=st.sampled_from([None, 1, 5, 64]), seed=seeds)
+def test_fused_v2_block_equals_the_composition(n, h, w, c, tall, tile_rows, seed):
+    """Row tiles cross image rows and images, and groups of images split the batch (tile_rows)."""
+    rng = np.random.default_rng(seed)
+    x, p = rand(rng, n, h, w, c), v2_block_params(rng, c)
+    with decomposition(tall, tile_rows and tile_rows * 4 * c):
+        got = kernels.block(x, **p, eps=1e-6)
+    close(got, model.block(x, **p, eps=1e-6, ops=ops), rtol=5e-5)
+
+
+@examples(25)
+@given(n=batches, h=sides, w=sides, c=channels, scale=st.sampled_from([1e-3, 1.0, 30.0]), seed=seeds)
+def test_grn(n, h, w, c, scale, seed):
+    rng = np.random.default_rng(seed)
+    x, wt, b = rand(rng, n, h, w, c, scale=scale), rand(rng, c, scale=0.5), rand(rng, c, scale=0.5)
+    close(kernels.grn(x, wt, b), ops.grn(x, wt, b))
+
+
 @examples(20)
 @given(n=batches, h=st.integers(4, 30), w=st.integers(4, 30), co=channels, tall=st.booleans(),
        tile_rows=st.sampled_from([None, 1, 3]), seed=seeds)
@@ -212,7 +239,7 @@ def test_signatures_are_those_of_the_twins():
 
     for name in ("stem", "downsample", "block"):  # fused layers: the model's functions
         assert names(getattr(kernels, name)) == names(getattr(model, name)), name
-    for name in ("depthwise_conv", "layer_norm", "gelu", "linear", "patchify", "global_avg_pool"):
+    for name in ("depthwise_conv", "layer_norm", "gelu", "linear", "patchify", "global_avg_pool", "grn"):
         assert names(getattr(kernels, name)) == names(getattr(ops, name)), name
 
 
@@ -232,6 +259,10 @@ def test_mismatched_shapes_are_refused():
     x, p = rand(rng, 1, 5, 5, 6), block_params(rng, 6)
     with pytest.raises(ValueError, match="block"):
         kernels.block(rand(rng, 1, 5, 5, 7), **p, eps=1e-6)
+    with pytest.raises(ValueError, match="block"):
+        kernels.block(x, **dict(v2_block_params(rng, 6), grn_w=rand(rng, 23)), eps=1e-6)
+    with pytest.raises(ValueError, match="grn"):
+        kernels.grn(x, rand(rng, 5), rand(rng, 6))
     with pytest.raises(ValueError, match="depthwise_conv"):
         kernels.depthwise_conv(x, rand(rng, 7, 7, 5), rand(rng, 5))
     with pytest.raises(ValueError, match="linear"):

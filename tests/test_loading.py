@@ -236,3 +236,79 @@ def test_unknown_file_type(tmp_path):
     (tmp_path / "w.h5").write_bytes(b"\x89HDF")
     with pytest.raises(cnp.WeightsError, match="unknown weights format"):
         cnp.from_pretrained(tmp_path / "w.h5")
+
+
+# --- ConvNeXt V2 ------------------------------------------------------------------------------
+
+V2_HF = FIXTURES / "v2-hf-safetensors"
+
+
+def test_v2_hf_legacy_grn_names_load_as_transformers_renames_them(tmp_path):
+    """transformers renames a GRN's legacy ``gamma``/``beta`` to ``weight``/``bias`` on load."""
+    sd = tensors(V2_HF / "model.safetensors")
+    legacy = {k.replace("grn.weight", "grn.gamma").replace("grn.bias", "grn.beta"): v for k, v in sd.items()}
+    save_file(legacy, str(tmp_path / "legacy.safetensors"))
+    a, b = cnp.from_pretrained(V2_HF), cnp.from_pretrained(tmp_path / "legacy.safetensors")
+    x = random_pixels((1, 3, 64, 64))
+    assert_array_equal(a(x).logits, b(x).logits)
+
+
+@pytest.mark.parametrize("mutation, message", [
+    (lambda sd: sd.pop("convnextv2.encoder.stages.2.layers.1.grn.bias"),
+     "missing 1 tensor: 'convnext.encoder.stages.2.layers.1.grn.bias'"),
+    (lambda sd: sd.update({"convnextv2.encoder.stages.0.layers.0.layer_scale_parameter": np.ones(12, np.float32)}),
+     "unexpected 1 tensor: 'convnext.encoder.stages.0.layers.0.layer_scale_parameter'"),
+    (lambda sd: sd.update({"convnextv2.encoder.stages.0.layers.0.grn.gamma": np.ones((1, 1, 1, 48), np.float32)}),
+     "two tensors are 'convnext.encoder.stages.0.layers.0.grn.weight'"),
+    (lambda sd: sd.update({"convnextv2.encoder.stages.1.layers.0.grn.weight": np.ones((1, 1, 1, 79), np.float32)}),
+     "grn.weight' has shape (1, 1, 1, 79), the config needs (1, 1, 1, 80)"),
+    (lambda sd: sd.pop("convnextv2.layernorm.weight"), "missing 1 tensor: 'convnext.layernorm.weight'"),
+    (lambda sd: sd.update({"convnext.embeddings.layernorm.weight": np.ones(12, np.float32)}),
+     "both 'convnext.' and 'convnextv2.'"),
+])
+def test_bad_v2_tensors_are_refused_naming_the_key(tmp_path, mutation, message):
+    """Strict as for V1; a classifier's final norm is never made up (only a headless FCMAE's)."""
+    sd = tensors(V2_HF / "model.safetensors")
+    mutation(sd)
+    path = tmp_path / "bad.safetensors"
+    save_file(sd, str(path))
+    with pytest.raises(cnp.WeightsError, match="bad.safetensors") as info:
+        cnp.from_pretrained(path)
+    assert message in str(info.value)
+
+
+def test_v2_prefix_without_grn_is_refused(tmp_path):
+    sd = tensors(HF / "model.safetensors")
+    path = tmp_path / "fake.safetensors"
+    save_file({k.replace("convnext.", "convnextv2.", 1): v for k, v in sd.items()}, str(path))
+    with pytest.raises(cnp.WeightsError, match="fake.safetensors: tensors under 'convnextv2.' .* no GRN"):
+        cnp.from_pretrained(path)
+
+
+def test_v1_config_with_v2_tensors_and_timm_v2_name_with_v1_tensors(tmp_path):
+    shutil.copytree(V2_HF, tmp_path / "v2")
+    config = json.loads((tmp_path / "v2" / "config.json").read_text())
+    (tmp_path / "v2" / "config.json").write_text(json.dumps(dict(config, model_type="convnext")))
+    with pytest.raises(cnp.WeightsError, match="model_type 'convnext' is ConvNeXt V1 .* are ConvNeXt V2"):
+        cnp.from_pretrained(tmp_path / "v2")
+    shutil.copytree(FIXTURES / "timm", tmp_path / "timm")
+    config = json.loads((tmp_path / "timm" / "config.json").read_text())
+    (tmp_path / "timm" / "config.json").write_text(json.dumps(dict(config, architecture="convnextv2_micro")))
+    with pytest.raises(cnp.WeightsError, match="'convnextv2_micro' is ConvNeXt V2 .* are ConvNeXt V1"):
+        cnp.from_pretrained(tmp_path / "timm")
+
+
+def test_fcmae_encoder_gets_timms_unit_final_norm_and_saves_as_convnextv2model(tmp_path):
+    model = cnp.from_pretrained(FIXTURES / "v2-timm-fcmae")
+    assert model.config.num_labels == 0 and model.config.model_type == "convnextv2"
+    assert_array_equal(model.params["head"]["norm_w"], 1)
+    assert_array_equal(model.params["head"]["norm_b"], 0)
+    model.save_pretrained(tmp_path / "saved")
+    saved = tensors(tmp_path / "saved" / "model.safetensors")
+    assert "convnextv2.layernorm.weight" in saved and not any(k.startswith("convnext.") for k in saved)
+    config = json.loads((tmp_path / "saved" / "config.json").read_text())
+    assert (config["model_type"], config["architectures"]) == ("convnextv2", ["ConvNextV2Model"])
+    assert "layer_scale_init_value" not in config
+    again = cnp.from_pretrained(tmp_path / "saved")
+    x = random_pixels((1, 3, 64, 64))
+    assert_array_equal(again(x).pooled, model(x).pooled)

@@ -112,12 +112,34 @@ def test_global_avg_pool_and_linear(n, h, w, c, seed):
     assert_allclose(got, expected, rtol=RTOL, atol=ATOL)
 
 
-@pytest.mark.parametrize("op", [ops.patchify, ops.depthwise_conv, ops.layer_norm, ops.gelu])
+@settings(max_examples=25, deadline=None)
+@given(n=st.integers(1, 3), h=st.integers(1, 6), w=st.integers(1, 6), c=st.integers(1, 9),
+       scale=st.sampled_from([1e-3, 1.0, 30.0]), seed=seeds)
+def test_grn_equals_naive(n, h, w, c, scale, seed):
+    rng = np.random.default_rng(seed)
+    x = rand(rng, n, h, w, c) * np.float32(scale)
+    wt, b = rand(rng, c), rand(rng, c)
+    got = ops.grn(x, wt, b)
+    assert got.dtype == np.float32
+    assert_allclose(got, naive.grn(x, wt, b), rtol=1e-5, atol=1e-5 * scale)
+
+
+def test_grn_norms_over_positions_per_image_and_divides_by_the_channel_mean():
+    """Nx is 1 for every channel when all channels have the same norm, whatever the image."""
+    x = np.zeros((2, 3, 3, 4), np.float32)
+    x[0, 0, 0] = 2.0  # image 0: every channel has norm 2
+    x[1] = 5.0  # image 1: every channel has norm 15
+    w, b = np.full(4, 0.5, np.float32), np.zeros(4, np.float32)
+    assert_allclose(ops.grn(x, w, b), x * 1.5, rtol=1e-6)  # w * x * 1 + x
+
+
+@pytest.mark.parametrize("op", [ops.patchify, ops.depthwise_conv, ops.layer_norm, ops.gelu, ops.grn])
 def test_ops_stay_float32(op):
     rng = np.random.default_rng(0)
     x = rand(rng, 1, 8, 8, 4)
     args = {ops.patchify: (rand(rng, 16 * 4, 3), rand(rng, 3), 4),
             ops.depthwise_conv: (rand(rng, 7, 7, 4), rand(rng, 4)),
             ops.layer_norm: (rand(rng, 4), rand(rng, 4), 1e-6),
-            ops.gelu: ()}[op]
+            ops.gelu: (),
+            ops.grn: (rand(rng, 4), rand(rng, 4))}[op]
     assert op(x, *args).dtype == np.float32

@@ -3,7 +3,8 @@
 ``weights/make_fixtures.py`` wrote each fixture: realistic random weights in one official
 layout and the reference outputs (logits, pooled features, hidden states) on three inputs:
 a batch of 2, a non-square input and one whose sides are not multiples of 32. The full-size
-references (atto, tiny) hold only outputs; their weights are rebuilt here from a seed.
+references (atto, tiny, and ConvNeXt V2's) hold only outputs; their weights are rebuilt here
+from a seed.
 """
 
 import json
@@ -14,7 +15,7 @@ from numpy.testing import assert_allclose
 from safetensors.numpy import save_file
 
 import convnext_np as cnp
-from conftest import FIXTURES, LAYOUT_SOURCES, MAX_DIFFS, REFERENCE
+from conftest import FIXTURES, LAYOUT_SOURCES, MAX_DIFFS, REFERENCE, V2_LAYOUT_SOURCES
 from convnext_np import ops
 from convnext_np.safetensors_file import SafetensorsFile
 from convnext_np.testing import (HIDDEN_RTOL, LOGITS_ATOL, POOLED_ATOL, random_pixels,
@@ -23,19 +24,27 @@ from convnext_np.testing import (HIDDEN_RTOL, LOGITS_ATOL, POOLED_ATOL, random_p
 
 
 def check_against(model, ref: SafetensorsFile, x, i, label, hidden=True):
+    """Logits (where the reference has a head), pooled features and hidden states; returns and
+    records the max |logits - reference| (for a headless model: |pooled - reference|)."""
     out = model(x, output_hidden_states=hidden)
-    expected = ref.tensor(f"input{i}.logits")
-    assert out.logits.dtype == np.float32 and out.pooled.dtype == np.float32
-    assert_allclose(out.logits, expected, rtol=0, atol=LOGITS_ATOL, strict=True)
-    assert_allclose(out.pooled, ref.tensor(f"input{i}.pooled"), rtol=0, atol=POOLED_ATOL, strict=True)
-    assert (out.logits.argmax(axis=1) == expected.argmax(axis=1)).all()
+    assert out.pooled.dtype == np.float32
+    pooled = ref.tensor(f"input{i}.pooled")
+    assert_allclose(out.pooled, pooled, rtol=0, atol=POOLED_ATOL, strict=True)
+    if f"input{i}.logits" not in ref.keys():  # a headless model
+        assert out.logits is None
+        expected, got, label = pooled, out.pooled, f"{label} (pooled)"
+    else:
+        expected, got = ref.tensor(f"input{i}.logits"), out.logits
+        assert out.logits.dtype == np.float32
+        assert_allclose(out.logits, expected, rtol=0, atol=LOGITS_ATOL, strict=True)
+        assert (out.logits.argmax(axis=1) == expected.argmax(axis=1)).all()
     if hidden:
         assert len(out.hidden_states) == 5
         for j, h in enumerate(out.hidden_states):
             want = ref.tensor(f"input{i}.hidden_states.{j}")
             assert_allclose(h, want, rtol=0, atol=HIDDEN_RTOL * np.abs(want).max(), strict=True)
         assert out.last_hidden_state is out.hidden_states[-1]
-    diff = float(np.abs(out.logits - expected).max())
+    diff = float(np.abs(got - expected).max())
     MAX_DIFFS[label] = max(MAX_DIFFS.get(label, 0.0), diff)
     return diff
 
@@ -60,7 +69,20 @@ def test_micro_fixture_matches_reference(layout, backend):
         check_against(model, ref, x, i, case(f"micro {layout}", backend))
 
 
-@pytest.mark.parametrize("layout", ["hf-safetensors", "timm", "timm-conv-mlp"])
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("layout", sorted(V2_LAYOUT_SOURCES))
+def test_micro_v2_fixture_matches_reference(layout, backend):
+    source, has_head = V2_LAYOUT_SOURCES[layout]
+    model = cnp.from_pretrained(FIXTURES / source, backend=backend)
+    assert model.config.model_type == "convnextv2"
+    assert model.config.num_labels == (10 if has_head else 0) and model.config.depths == [2, 1, 3, 1]
+    ref = SafetensorsFile(FIXTURES / layout / "reference.safetensors")
+    for i in range(len(json.loads((FIXTURES / layout / "reference.json").read_text())["inputs"])):
+        check_against(model, ref, ref.tensor(f"input{i}.pixel_values"), i, case(f"micro {layout}", backend))
+
+
+@pytest.mark.parametrize("layout", ["hf-safetensors", "timm", "timm-conv-mlp", "v2-hf-safetensors",
+                                    "v2-timm", "v2-timm-conv-mlp", "v2-timm-fcmae"])
 def test_bare_weights_file_infers_the_architecture(layout):
     """Without config.json the architecture comes from the tensors alone."""
     model = cnp.from_pretrained(FIXTURES / layout / "model.safetensors")
@@ -91,6 +113,7 @@ def test_full_size_variant_matches_reference(full_size, backend):
     name, meta, path = full_size
     model = cnp.from_pretrained(path, backend=backend)
     assert model.config.variant() == meta["variant"]
+    assert model.config.model_type == meta.get("model_type", "convnext")
     ref = SafetensorsFile(REFERENCE / f"{name}.safetensors")
     for i, spec in enumerate(meta["inputs"]):
         x = random_pixels(spec["shape"], spec["seed"])

@@ -4,6 +4,8 @@ Reference models are built in transformers with realistic random weights, saved 
 transformers itself in each of its layouts, and loaded by convnext_np.
 """
 
+import json
+
 import numpy as np
 import pytest
 from numpy.testing import assert_allclose
@@ -16,12 +18,18 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 
-def hf_reference(variant=None, num_labels=1000, seed=7, **kwargs):
+def hf_reference(variant=None, num_labels=1000, seed=7, v2=False, **kwargs):
+    """transformers ConvNextForImageClassification (ConvNextV2ForImageClassification with
+    ``v2``), realistic random weights."""
     if variant:
         c = cnp.VARIANTS[variant]
         kwargs.update(depths=list(c[0]), hidden_sizes=list(c[1]))
-    config = transformers.ConvNextConfig(num_labels=num_labels, **kwargs)
-    model = transformers.ConvNextForImageClassification(config).eval()
+    if v2:
+        config = transformers.ConvNextV2Config(num_labels=num_labels, **kwargs)
+        model = transformers.ConvNextV2ForImageClassification(config).eval()
+    else:
+        config = transformers.ConvNextConfig(num_labels=num_labels, **kwargs)
+        model = transformers.ConvNextForImageClassification(config).eval()
     sd = realistic_state_dict({k: tuple(v.shape) for k, v in model.state_dict().items()}, seed)
     model.load_state_dict({k: torch.from_numpy(v) for k, v in sd.items()}, strict=True)
     return model
@@ -33,7 +41,7 @@ def compare(ours, theirs, x, label, hidden=True):
     out = ours(x, output_hidden_states=hidden)
     assert_allclose(out.logits, ref.logits.numpy(), rtol=0, atol=LOGITS_ATOL, strict=True)
     assert (out.logits.argmax(1) == ref.logits.numpy().argmax(1)).all()
-    pooled = theirs.convnext(torch.from_numpy(x)).pooler_output.numpy()
+    pooled = theirs.base_model(torch.from_numpy(x)).pooler_output.numpy()
     assert_allclose(out.pooled, pooled, rtol=0, atol=POOLED_ATOL, strict=True)
     if hidden:
         for got, want in zip(out.hidden_states, ref.hidden_states, strict=True):
@@ -103,3 +111,38 @@ def test_config_json_is_read_as_transformers_reads_it(tiny):
     for field in ("depths", "hidden_sizes", "layer_norm_eps", "num_labels", "image_size"):
         assert getattr(ours, field) == getattr(theirs.config, field), field
     assert ours.id2label == theirs.config.id2label
+
+
+# --- ConvNeXt V2 -------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+def test_v2_tiny_matches_transformers(backend, tmp_path):
+    """ConvNextV2ForImageClassification (GRN drawn wide), saved by transformers itself."""
+    theirs = hf_reference("tiny", seed=11, v2=True)
+    theirs.save_pretrained(tmp_path)
+    ours = cnp.from_pretrained(tmp_path, backend=backend)
+    assert ours.config.model_type == "convnextv2" and ours.config.variant() == "tiny"
+    label = "live v2 tiny hf-safetensors" + ("" if backend == "numpy" else f" [{backend}]")
+    compare(ours, theirs, random_pixels((2, 3, 224, 224), 12), label)
+    compare(ours, theirs, random_pixels((1, 3, 192, 256), 13), label)
+
+
+@pytest.mark.parametrize("layout, cls", [("v2-timm-conv-mlp", "ConvNextV2ForImageClassification"),
+                                         ("v2-fb-pt/checkpoint.pt", "ConvNextV2ForImageClassification"),
+                                         ("v2-timm-fcmae", "ConvNextV2Model")])
+@torch.no_grad()
+def test_v2_save_pretrained_loads_in_transformers(layout, cls, tmp_path):
+    """timm and facebookresearch V2 weights written by convnext_np as transformers' V2 classes."""
+    ours = cnp.from_pretrained(FIXTURES / layout)
+    ours.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["model_type"] == "convnextv2" and config["architectures"] == [cls]
+    theirs = getattr(transformers, cls).from_pretrained(tmp_path).eval()
+    x = random_pixels((2, 3, 64, 80), 14)
+    if cls == "ConvNextV2Model":
+        ref, out = theirs(torch.from_numpy(x)), ours(x)
+        assert out.logits is None
+        assert_allclose(out.pooled, ref.pooler_output.numpy(), rtol=0, atol=POOLED_ATOL, strict=True)
+        MAX_DIFFS["live v2 save_pretrained fcmae (pooled)"] = float(np.abs(out.pooled - ref.pooler_output.numpy()).max())
+    else:
+        compare(ours, theirs, x, f"live v2 save_pretrained {layout.split('/')[0]}")

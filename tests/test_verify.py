@@ -121,9 +121,15 @@ def test_published_table_matches_the_spec_and_the_checkpoint_table():
         ("converter", (-0.1210, -0.6605, 0.1918), 1e-3, 1e-5)]
     assert published.judged(tiny) == tiny[:2]
     converter = [e for e in PUBLISHED if e.kind == "converter"]
-    assert len(converter) == 15 and len({e.checkpoint for e in converter}) == 15
+    assert len(converter) == 15 + 18 and len({e.checkpoint for e in converter}) == 15 + 18  # V1 + V2
     for e in converter:
         row = find_checkpoint(e.checkpoint)
         assert row is not None and row.hf_id == e.checkpoint
         assert f"checkpoint {row.fb})" in e.source  # the facebookresearch file it was made from
-        assert len(e.logits) == 3 and e.atol == 1e-3
+        assert len(e.logits) == (5 if row.model_type == "convnextv2" else 3) and e.atol == 1e-3
+    v2 = published.expectations("convnextv2-tiny-1k-224")
+    assert [(e.kind, e.logits[:3], e.atol, e.rtol) for e in v2] == [
+        ("test", (0.9996, 0.1966, -0.4386), 1e-4, 1e-4),
+        ("test", (0.9989, 0.1953, -0.4382), 1e-4, 1e-4),
+        ("converter", (0.9996, 0.1966, -0.4386), 1e-3, 1e-5)]
+    assert published.judged(v2) == v2[:2]

@@ -4,6 +4,7 @@ official layout, and the outputs that transformers and timm compute for them.
 Run with the ``reference`` extra plus timm (timm needs torchvision; see ``weights/README.md``):
 
     python weights/make_fixtures.py            # rewrites weights/fixtures and weights/reference
+    python weights/make_fixtures.py --only v2  # rewrites only the ConvNeXt V2 ones (v2-*)
 
 - ``weights/fixtures/<layout>/``: a micro ConvNeXt (small enough to commit) in every layout the
   loader reads, each with ``reference.safetensors`` (inputs and the reference outputs) and
@@ -11,10 +12,15 @@ Run with the ``reference`` extra plus timm (timm needs torchvision; see ``weight
 - ``weights/reference/<variant>-<layout>.{json,safetensors}``: full-size variants. Only the
   outputs are committed; ``reference.json`` lists every tensor name and shape, so the tests
   rebuild the same weights with :func:`convnext_np.testing.realistic_state_dict`.
+- ConvNeXt V2 (GRN blocks, no layer scale): ``weights/fixtures/v2-<layout>/`` (transformers
+  ``ConvNextV2ForImageClassification`` and headless ``ConvNextV2Model``, timm with Linear and
+  1x1-conv MLP, timm's headless FCMAE encoder, facebookresearch ConvNeXt-V2 ``.pt``) and
+  ``weights/reference/v2-<variant>-<layout>.*``.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import shutil
 from pathlib import Path
@@ -48,6 +54,32 @@ def as_torch(sd: dict) -> dict:
 
 def shapes_of(module: torch.nn.Module) -> dict:
     return {k: tuple(v.shape) for k, v in module.state_dict().items()}
+
+
+def hf_v2_model(depths, dims, num_classes):
+    """transformers ConvNeXt V2: ConvNextV2ForImageClassification, or ConvNextV2Model (headless)."""
+    config = transformers.ConvNextV2Config(depths=depths, hidden_sizes=dims, num_labels=max(num_classes, 1))
+    if num_classes == 0:
+        return transformers.ConvNextV2Model(config).eval()
+    return transformers.ConvNextV2ForImageClassification(config).eval()
+
+
+def timm_v2_model(depths, dims, num_classes, conv_mlp=False):
+    """timm's ConvNeXt V2 (as timm's convnextv2_* constructors build it)."""
+    return TimmConvNeXt(depths=depths, dims=dims, num_classes=num_classes, conv_mlp=conv_mlp,
+                        use_grn=True, ls_init_value=None).eval()
+
+
+def fb_v2_names(timm_sd_shapes: dict) -> dict:
+    """facebookresearch ConvNeXt-V2 names: those of V1, and GRN as ``grn.gamma``/``grn.beta`` of
+    shape (1, 1, 1, 4C) (models/utils.py there); checked by timm's own converter."""
+    out = {}
+    for k, shape in fb_names(timm_sd_shapes).items():
+        if ".mlp.grn." in k:
+            k = k.replace(".mlp.grn.weight", ".grn.gamma").replace(".mlp.grn.bias", ".grn.beta")
+            shape = (1, 1, 1) + tuple(shape)
+        out[k] = shape
+    return out
 
 
 def hf_model(depths, dims, num_classes):
@@ -95,6 +127,26 @@ def run_timm(model, x, hidden=True) -> dict:
         for i, stage in enumerate(model.stages):
             h = stage(h)
             result[f"hidden_states.{i + 1}"] = h.numpy()
+    return result
+
+
+@torch.no_grad()
+def run_hf_v2(model, x, hidden=True) -> dict:
+    """Outputs of a transformers ConvNeXt V2, with or without its classification head."""
+    base = getattr(model, "convnextv2", model)
+    out = base(torch.from_numpy(x), output_hidden_states=hidden)
+    result = {"pooled": out.pooler_output.numpy()}
+    if base is not model:
+        result["logits"] = model(torch.from_numpy(x)).logits.numpy()
+    if hidden:
+        result.update({f"hidden_states.{i}": h.numpy() for i, h in enumerate(out.hidden_states)})
+    return result
+
+
+@torch.no_grad()
+def run_timm_headless(model, x, hidden=True) -> dict:
+    result = run_timm(model, x, hidden)
+    del result["logits"]  # num_classes=0: the "logits" are the pooled features
     return result
 
 
@@ -174,6 +226,85 @@ def micro_fixtures(out: Path) -> None:
                {"reference": "timm ConvNeXt via checkpoint_filter_fn", "layout": layout, "seed": SEED + 2})
 
 
+def timm_config(architecture: str, num_classes: int, num_features: int) -> str:
+    return json.dumps({
+        "architecture": architecture, "num_classes": num_classes, "num_features": num_features,
+        "pretrained_cfg": {"input_size": [3, 64, 64], "crop_pct": 0.875, "crop_mode": "center",
+                           "interpolation": "bicubic", "mean": [0.485, 0.456, 0.406],
+                           "std": [0.229, 0.224, 0.225], "num_classes": num_classes}}, indent=1) + "\n"
+
+
+def micro_v2_fixtures(out: Path) -> None:
+    """The micro ConvNeXt V2 in each layout; every reference computed by transformers or timm."""
+    d, c, k = MICRO["depths"], MICRO["dims"], MICRO["num_classes"]
+
+    # transformers, saved by transformers itself: classification and headless.
+    for layout, classes in [("v2-hf-safetensors", k), ("v2-hf-headless", 0)]:
+        target = out / layout
+        model = hf_v2_model(d, c, classes)
+        sd = realistic_state_dict(shapes_of(model), SEED + 10)
+        model.load_state_dict(as_torch(sd), strict=True)
+        model.save_pretrained(target)
+        record(target / "reference", lambda x: run_hf_v2(model, x), MICRO_INPUTS, True,
+               {"reference": f"transformers {type(model).__name__}", "layout": layout, "seed": SEED + 10})
+
+    # timm: Linear MLP, 1x1-conv MLP (atto..nano), and a headless FCMAE encoder. timm's FCMAE
+    # checkpoints have neither head nor final norm; timm loads them non-strictly into a model
+    # with num_classes=0 whose norm keeps its initial values (timm convnext.py, _create_convnext).
+    for layout, conv_mlp, classes in [("v2-timm", False, k), ("v2-timm-conv-mlp", True, k),
+                                      ("v2-timm-fcmae", True, 0)]:
+        target = out / layout
+        target.mkdir(parents=True)
+        model = timm_v2_model(d, c, classes, conv_mlp)
+        sd = realistic_state_dict(shapes_of(model), SEED + 11)
+        if classes == 0:
+            sd = {name: v for name, v in sd.items() if not name.startswith("head.")}
+            missing = model.load_state_dict(as_torch(sd), strict=False).missing_keys
+            assert sorted(missing) == ["head.norm.bias", "head.norm.weight"], missing
+        else:
+            model.load_state_dict(as_torch(sd), strict=True)
+        save_file(sd, str(target / "model.safetensors"))
+        (target / "config.json").write_text(timm_config("convnextv2_micro", classes, c[-1]))
+        run = (lambda x, m=model: run_timm_headless(m, x)) if classes == 0 else (lambda x, m=model: run_timm(m, x))
+        record(target / "reference", run, MICRO_INPUTS, True,
+               {"reference": f"timm ConvNeXt(use_grn=True, ls_init_value=None, conv_mlp={conv_mlp}, "
+                             f"num_classes={classes})", "layout": layout, "seed": SEED + 11})
+
+    # facebookresearch ConvNeXt-V2 .pt ({"model": sd}), loaded into timm by timm's converter.
+    target = out / "v2-fb-pt"
+    target.mkdir(parents=True)
+    model = timm_v2_model(d, c, k)
+    fb = realistic_state_dict(fb_v2_names(shapes_of(model)), SEED + 12)
+    model.load_state_dict(checkpoint_filter_fn({"model": as_torch(fb)}, model), strict=True)
+    torch.save({"model": as_torch(fb)}, target / "checkpoint.pt")
+    record(target / "reference", lambda x: run_timm(model, x), MICRO_INPUTS, True,
+           {"reference": "timm ConvNeXt V2 via checkpoint_filter_fn", "layout": "v2-fb-pt", "seed": SEED + 12})
+
+
+def full_size_v2_references(out: Path) -> None:
+    """ConvNeXt V2 tiny (transformers, timm, facebookresearch) and atto (timm, 1x1-conv MLP)."""
+    out.mkdir(parents=True, exist_ok=True)
+    cases = [("tiny", "hf", hf_v2_model([3, 3, 9, 3], [96, 192, 384, 768], 1000)),
+             ("tiny", "timm", timm.create_model("convnextv2_tiny", pretrained=False).eval()),
+             ("tiny", "fb", timm.create_model("convnextv2_tiny", pretrained=False).eval()),
+             ("atto", "timm", timm.create_model("convnextv2_atto", pretrained=False).eval())]
+    for variant, layout, m in cases:
+        shapes = fb_v2_names(shapes_of(m)) if layout == "fb" else shapes_of(m)
+        sd = realistic_state_dict(shapes, SEED)
+        if layout == "fb":
+            m.load_state_dict(checkpoint_filter_fn({"model": as_torch(sd)}, m), strict=True)
+        else:
+            m.load_state_dict(as_torch(sd), strict=True)
+        run = (lambda x, m=m: run_hf_v2(m, x, hidden=False)) if layout == "hf" else \
+            (lambda x, m=m: run_timm(m, x, hidden=False))
+        record(out / f"v2-{variant}-{layout}", run, FULL_INPUTS, False, {
+            "reference": type(m).__module__ + "." + type(m).__name__, "layout": layout,
+            "variant": variant, "model_type": "convnextv2", "seed": SEED,
+            "tensors": {k: list(s) for k, s in shapes.items()},
+            "weights_abs_sum": float(sum(np.abs(v.astype(np.float64)).sum() for v in sd.values())),
+        })
+
+
 def full_size_references(out: Path) -> None:
     out.mkdir(parents=True)
     for variant in ("atto", "tiny"):
@@ -202,11 +333,22 @@ def full_size_references(out: Path) -> None:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--only", choices=["v1", "v2"], help="rewrite only ConvNeXt V1's or V2's fixtures")
+    only = parser.parse_args().only
     torch.manual_seed(0)
-    for sub in ("fixtures", "reference"):
-        shutil.rmtree(ROOT / sub, ignore_errors=True)
-    micro_fixtures(ROOT / "fixtures")
-    full_size_references(ROOT / "reference")
+    if only != "v2":
+        for sub in ("fixtures", "reference"):
+            for path in (ROOT / sub).glob("*"):
+                if not path.name.startswith("v2-"):
+                    shutil.rmtree(path) if path.is_dir() else path.unlink()
+        micro_fixtures(ROOT / "fixtures")
+        full_size_references(ROOT / "reference")
+    if only != "v1":
+        for path in [*(ROOT / "fixtures").glob("v2-*"), *(ROOT / "reference").glob("v2-*")]:
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+        micro_v2_fixtures(ROOT / "fixtures")
+        full_size_v2_references(ROOT / "reference")
 
 
 if __name__ == "__main__":
