@@ -31,18 +31,20 @@ def close(got, want, label):
 
 @torch.no_grad()
 @pytest.mark.parametrize("backend", ["numpy", "numba"])
-def test_convnext_backbone_checkpoint(backend, tmp_path):
-    config = transformers.ConvNextConfig(**SIZES, out_features=["stage1", "stage3", "stage4"])
-    theirs = realistic(transformers.ConvNextBackbone(config), 11)
+@pytest.mark.parametrize("family", ["ConvNext", "ConvNextV2"])
+def test_convnext_backbone_checkpoint(family, backend, tmp_path):
+    config = getattr(transformers, f"{family}Config")(**SIZES, out_features=["stage1", "stage3", "stage4"])
+    theirs = realistic(getattr(transformers, f"{family}Backbone")(config), 11)
     theirs.save_pretrained(tmp_path)
     ours = cnp.from_pretrained(tmp_path, backend=backend)
     assert ours.out_features == ["stage1", "stage3", "stage4"]
+    assert ours.config.model_type == {"ConvNext": "convnext", "ConvNextV2": "convnextv2"}[family]
     for shape, seed in [((2, 3, 64, 64), 1), ((1, 3, 70, 45), 2)]:
         x = random_pixels(shape, seed)
         want = theirs(torch.from_numpy(x)).feature_maps
         got = ours(x).feature_maps
         for g, w in zip(got, want, strict=True):
-            close(g, w, f"live ConvNextBackbone feature_maps [{backend}]")
+            close(g, w, f"live {family}Backbone feature_maps [{backend}]")
 
 
 @torch.no_grad()
