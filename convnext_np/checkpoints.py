@@ -1,10 +1,13 @@
-"""The published ConvNeXt checkpoints, one row each (reference spec B and D.2).
+"""The published ConvNeXt checkpoints, one row each (from timm's ``default_cfgs``
+in ``timm/models/convnext.py``, transformers' ``convert_convnext_to_pytorch.py`` and the
+facebookresearch README).
 
 ``hf_id`` is the ``facebook/`` repo on the Hugging Face hub (None where Meta published none),
 ``timm`` the timm name (hub repo ``timm/<name>``), ``fb`` the original facebookresearch file
 stem (``https://dl.fbaipublicfiles.com/convnext/<fb>.pth``). ``crop_pct`` None means the image
-is warped to a square with no crop, as all ports do at 384 (spec D.1, D.2). ``labels`` names
-the label set: ``imagenet-1k`` (1000 classes) or ``imagenet-22k`` (21841 classes).
+is warped to a square with no crop, as all ports do at 384 (transformers'
+``ConvNextImageProcessor``, timm's eval transform). ``labels`` names the label set:
+``imagenet-1k`` (1000 classes) or ``imagenet-22k`` (21841 classes).
 
 The wider family (timm's ``pretrained_cfg`` and ``results/results-imagenet.csv``, whose top-1 at
 the train size is ``top1``, %): timm's ImageNet-12k heads (``imagenet-12k``, 11821 classes,

@@ -3,7 +3,7 @@
 The fields are those of transformers' ``ConvNextConfig``; a ``config.json`` read from disk keeps
 every key it had (unknown ones in :attr:`ConvNextConfig.extra`) so that writing it back loses
 nothing. One field is ours: ``norm_eps``, the eps of every LayerNorm except the final one, which
-the paper's code fixes at 1e-6 and timm's ``convnext_xxlarge`` sets to 1e-5 (reference spec A.4).
+the paper's code fixes at 1e-6 and timm's ``convnext_xxlarge`` sets to 1e-5 (timm ``convnext.py``, ``norm_eps``).
 
 ``model_type`` names the family member as transformers does (``"convnext"``,
 ``"dinov3_convnext"``). A few more fields describe timm's structural variants, with timm's own
@@ -81,7 +81,7 @@ class ConvNextConfig:
     """Architecture and labels of one ConvNeXt, as in a Hugging Face ``config.json``.
 
     ``layer_norm_eps`` is the eps of the final (pooled) LayerNorm only: transformers' default and
-    the hub configs carry 1e-12, timm and the paper's code use 1e-6 (reference spec A.4).
+    the hub configs carry 1e-12, timm and the paper's code use 1e-6 (transformers ``configuration_convnext.py``).
     """
 
     num_channels: int = 3
@@ -204,7 +204,7 @@ class ConvNextConfig:
         else:
             d.pop("num_labels", None)
             # transformers' 22k conversion deleted keys 9205 and 15027 of a 21843-class list
-            # without re-indexing (spec D.4): the labels, in key order, are the logits in order.
+            # without re-indexing (``convert_convnext_to_pytorch.py``): the labels, in key order, are the logits in order.
             id2label = dict(enumerate(v for _, v in sorted(id2label.items(), key=lambda kv: int(kv[0]))))
         return cls(id2label=id2label, extra=d, **kwargs)
 

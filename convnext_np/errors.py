@@ -1,4 +1,4 @@
-"""The exceptions that convnext_np raises for bad input (see ``shared/api.md``, "Errors")."""
+"""The exceptions that convnext_np raises for bad input."""
 
 
 class ConvNextError(Exception):

@@ -9,7 +9,7 @@ one to its twin; ``docs/kernels.md`` explains the design and what was measured.
 Threading: one pool, Numba's (``NUMBA_NUM_THREADS``; ``OMP_NUM_THREADS`` when only that is set).
 Each parallel kernel splits its rows among the threads, or its output columns when there are too
 few rows. The GEMMs are this module's own (no BLAS: below), each running inside one of those
-threads, so no BLAS worker ever spins against them (the trap in perf-notes). The two innermost
+threads, so no BLAS worker ever spins against them (docs/kernels.md, "Threads"). The two innermost
 kernels, the GEMM's and the depthwise conv's, are written in LLVM IR through
 ``numba.extending.intrinsic`` so that their accumulators stay in registers; everything else is
 plain Numba. No ``fastmath`` beyond FMA contraction and, in the LayerNorm sums, reassociation:
@@ -61,7 +61,7 @@ CHUNK = 1 << 14  # elements per task of the purely elementwise kernels
 # ``w`` the (C_in, C_out) weight. It is computed here rather than in BLAS because (1) the
 # epilogue (bias, GELU, layer scale, residual) then runs on each block of outputs while it is
 # still in L1, (2) the GEMM runs inside the caller's Numba threads, so no BLAS thread pool spins
-# against them (perf-notes), and (3) it is faster: with the AVX-512 kernel, 265-280 GFLOP/s per
+# against them (docs/kernels.md), and (3) it is faster: with the AVX-512 kernel, 265-280 GFLOP/s per
 # core on the tiny's shapes, against 262-271 for NumPy's OpenBLAS on two cores as this machine is
 # configured (docs/kernels.md has the measurements).
 #

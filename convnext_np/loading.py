@@ -285,7 +285,7 @@ def save_pretrained(model: ConvNeXt, directory) -> None:
 
 def from_pretrained(source, *, revision: str = "main", cache_dir=None, backend: str = "auto",
                     num_threads: int | None = None, out_features=None, out_indices=None) -> ConvNeXt:
-    """Load a ConvNeXt from a local directory or weights file, or by name (``shared/api.md``).
+    """Load a ConvNeXt from a local directory or weights file, or by name (README).
 
     A local path always wins and never touches the network. A name (hub id, timm name or alias
     from :mod:`convnext_np.checkpoints`) is resolved from the Hugging Face cache, else

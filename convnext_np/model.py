@@ -66,7 +66,8 @@ def block(x, dwconv_w, dwconv_b, norm_w, norm_b, pwconv1_w, pwconv1_b, pwconv2_w
 
 
 def head(x, norm_w, norm_b, fc_w=None, fc_b=None, pre_w=None, pre_b=None, *, eps, ops):
-    """Global average pool, then LayerNorm, then Linear (spec A.4: the order in every port).
+    """Global average pool, then LayerNorm, then Linear (the order in every port: facebookresearch
+    ``forward_features``, transformers ``ConvNextModel``, timm ``NormMlpClassifierHead``).
 
     timm's ``convnext_large_mlp`` puts a Linear (``head.pre_logits.fc``) and GELU between the
     norm and the classifier; ``pooled`` is then their output, what timm's

@@ -42,7 +42,8 @@ def depthwise_conv(x, w, b):
 
 
 def layer_norm(x, w, b, eps):
-    """LayerNorm over the last axis (channels), biased variance, eps inside the sqrt (spec G.1)."""
+    """LayerNorm over the last axis (channels), biased variance, eps inside the sqrt, as
+    facebookresearch's ``LayerNorm`` and ``F.layer_norm`` compute it."""
     mean = x.mean(axis=-1, keepdims=True)
     var = np.square(x - mean).mean(axis=-1, keepdims=True)
     return (x - mean) / np.sqrt(var + eps) * w + b
@@ -65,7 +66,8 @@ def upper_tail(a):
 
 
 def gelu(x):
-    """Exact GELU, x Phi(x) = 0.5 x (1 + erf(x / sqrt 2)), as every ConvNeXt port uses (spec A.3).
+    """Exact GELU, x Phi(x) = 0.5 x (1 + erf(x / sqrt 2)), as every ConvNeXt port uses
+    (``nn.GELU()`` in facebookresearch, transformers and timm).
 
     Written max(x, 0) - |x| Q(|x|), which is the same function (Phi(x) = 1 - Q(x) for x >= 0 and
     Q(-x) below) without a branch, and evaluated chunk by chunk.

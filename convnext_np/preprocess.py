@@ -1,10 +1,10 @@
 """Images in, ``pixel_values`` out, with the semantics of the reference preprocessors.
 
-``crop_mode="hf"`` is Hugging Face's ``ConvNextImageProcessor`` (PIL path, reference spec D.1):
+``crop_mode="hf"`` is Hugging Face's ``ConvNextImageProcessor`` (its PIL path):
 below 384, resize the shortest edge to ``int(size / crop_pct)`` with PIL and centre-crop at
 floor offsets; at 384 and above, resize to ``size x size`` with no crop; rescale by 1/255 in
 float64, then normalize in float32. ``crop_mode="center"`` and ``"squash"`` are timm's eval
-transform (spec D.2): shortest edge (or both sides, for squash) to ``floor(size / crop_pct)``,
+transform (``timm/data/transforms_factory.py``): shortest edge (or both sides, for squash) to ``floor(size / crop_pct)``,
 centre crop at offsets rounded half to even as torchvision does, ``/ 255`` in float32.
 ``crop_mode="tf"`` is the evaluation of the Keras port of ConvNeXt (the TF-Hub weights):
 TensorFlow's ``tf.image.resize(method="bicubic")`` of both sides to ``floor(size / crop_pct)``,
@@ -142,7 +142,7 @@ class ImageProcessor:
             return self._center_crop(np.asarray(image))
         s = self.size
         if self.crop_mode == "hf" and (s >= 384 or self.crop_pct is None):
-            return np.asarray(self._resize(image, s, s))  # warp, no crop (spec D.1)
+            return np.asarray(self._resize(image, s, s))  # warp, no crop, as transformers does at 384+
         crop_pct = 224 / 256 if self.crop_pct is None else self.crop_pct
         if self.crop_mode == "hf":
             short = int(s / crop_pct)

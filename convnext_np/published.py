@@ -1,6 +1,6 @@
 """Published logits of the official checkpoints, as data, and ``verify`` against them.
 
-Every number here was published by someone else (reference spec F): the transformers test
+Every number here was published by someone else: the transformers test
 suite's expected ``logits[0, :3]`` for ``facebook/convnext-tiny-224`` and
 ``facebook/convnextv2-tiny-1k-224`` on the COCO val2017 "two cats" image (000000039769), and
 the expected slices hard-coded in transformers' ``convert_convnext_to_pytorch.py`` and
@@ -83,7 +83,7 @@ PUBLISHED = (
              preprocessing="AutoImageProcessor of facebook/convnext-tiny-224, most likely the "
                            "torchvision backend (inferred, not confirmed)",
              note="up to 1e-3 from the PIL-pipeline values: a PIL pipeline need not meet it"),
-    # The converter's table (spec F), one row per facebookresearch checkpoint.
+    # The table of transformers' convert_convnext_to_pytorch.py, one row per facebookresearch checkpoint.
     _converter("facebook/convnext-tiny-224", "convnext_tiny_1k_224_ema", (-0.1210, -0.6605, 0.1918)),
     _converter("facebook/convnext-small-224", "convnext_small_1k_224_ema", (-0.4473, -0.1847, -0.6365)),
     _converter("facebook/convnext-base-224", "convnext_base_1k_224_ema", (0.4525, 0.7539, 0.0308)),

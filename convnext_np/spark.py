@@ -1,6 +1,6 @@
 """``ImageClassifier``: a pyspark.ml Transformer that classifies image DataFrames.
 
-The Spark NLP pipeline ``ImageAssembler -> ConvNextForImageClassification`` (reference spec E),
+The Spark NLP pipeline ``ImageAssembler -> ConvNextForImageClassification``,
 done with this library on the executors' Python workers: no JVM-side model, no TensorFlow.
 
     from pyspark.ml import Pipeline
@@ -87,7 +87,7 @@ OUTPUT_MODES = ("predictions", "annotations")
 OCV_CHANNELS = {0: 1, 16: 3, 24: 4}  # CV_8UC1, CV_8UC3, CV_8UC4
 IMAGE_FIELDS = ("height", "width", "nChannels", "data")
 
-# ImageClassifier param -> ImageProcessor field (Spark NLP's param names, reference spec E).
+# ImageClassifier param -> ImageProcessor field (Spark NLP's param names).
 PREPROCESSING_PARAMS = {
     "size": "size", "cropPct": "crop_pct", "resample": "resample", "imageMean": "image_mean",
     "imageStd": "image_std", "cropMode": "crop_mode", "doResize": "do_resize",

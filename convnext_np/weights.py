@@ -1,6 +1,6 @@
 """Official weight naming schemes, and the layout the model keeps its weights in.
 
-Three schemes publish ConvNeXt weights (reference spec C): Hugging Face transformers
+Three schemes publish ConvNeXt weights: Hugging Face transformers
 (``convnext.encoder.stages.0.layers.0.dwconv.weight``), timm (``stages.0.blocks.0.conv_dw.weight``)
 and the original facebookresearch code (``stages.0.0.dwconv.weight``). Each is mapped by one
 table of renames onto the Hugging Face V1 names, the canonical ones here. ConvNeXt V2 weights
@@ -183,7 +183,7 @@ def to_hf_names(state_dict: dict, scheme: str, where: str) -> dict:
         if name in out:
             raise WeightsError(f"{where}: two tensors are {name!r} (the second is {key!r})")
         if re.search(r"pwconv[12]\.weight$", name) and np.ndim(value) == 4 and value.shape[2:] == (1, 1):
-            value = value.reshape(value.shape[:2])  # timm conv_mlp (spec C, notes)
+            value = value.reshape(value.shape[:2])  # timm's conv_mlp: 1x1 convs
         if re.search(r"\.grn\.(weight|bias)$", name) and np.ndim(value) == 1:
             value = value.reshape(1, 1, 1, -1)  # timm's GRN: (4C,); transformers': (1, 1, 1, 4C)
         out[name] = value
@@ -206,7 +206,7 @@ HEAD_NAMES = {"norm_w": "convnext.layernorm.weight", "norm_b": "convnext.layerno
 
 
 def param_table(config: ConvNextConfig) -> list:
-    """(path in the parameter tree, HF name, torch-layout shape) of every tensor (spec C)."""
+    """(path in the parameter tree, HF name, torch-layout shape) of every tensor."""
     dims = config.hidden_sizes
     c0, c3 = dims[0], dims[-1]
     stem_shapes = {"w": (c0, config.num_channels, 4, 4), "b": (c0,), "norm_w": (c0,), "norm_b": (c0,)}
@@ -344,7 +344,7 @@ def pop_backbone_norms(hf: dict, hidden_sizes, where: str) -> dict:
 
 
 def default_norm_eps(hidden_sizes) -> float:
-    """1e-6, except for timm's xxlarge (1e-5, spec A.4)."""
+    """1e-6, except for timm's xxlarge (1e-5, timm's ``norm_eps``)."""
     for _, dims, _, eps in VARIANTS.values():
         if tuple(hidden_sizes) == dims:
             return eps
