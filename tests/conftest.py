@@ -29,6 +29,24 @@ V2_LAYOUT_SOURCES = {
 }
 
 
+# Test tiers by module (markers declared in pyproject.toml); single slow tests carry
+# @pytest.mark.slow themselves. `pytest -m "not slow"` is the quick loop; CI runs everything.
+MODULE_MARKS = {
+    "test_spark": ("spark", "slow"),
+    "test_parity_live": ("reference", "slow"),
+    "test_family_live": ("reference", "slow"),
+    "test_timm_tags_live": ("reference", "slow"),
+    "test_fuzz": ("slow",),
+    "test_examples": ("slow",),  # runs each example script in a fresh interpreter
+}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        for name in MODULE_MARKS.get(item.module.__name__.rpartition(".")[2], ()):
+            item.add_marker(name)
+
+
 def pytest_addoption(parser):
     parser.addoption("--fuzz-examples", type=int, default=40,
                      help="hypothesis examples per fuzz test (default 40, bounded for CI)")

@@ -303,6 +303,8 @@ def test_the_saved_head_loads_everywhere_and_agrees(model, photo_dataset, tmp_pa
         [[p.label for p in preds] for preds in ours]
 
 
+@pytest.mark.reference
+@pytest.mark.slow
 def test_transformers_reads_the_saved_head_and_agrees(model, photo_dataset, tmp_path):
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")

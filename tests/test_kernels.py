@@ -163,6 +163,7 @@ def block_params(rng, c, expansion=4):
                 gamma=rng.uniform(0.1, 1.0, c).astype(np.float32))
 
 
+@pytest.mark.slow
 @examples(30)
 @given(n=batches, h=sides, w=sides, c=channels, tall=st.booleans(),
        tile_rows=st.sampled_from([None, 1, 5, 64]), eps=st.sampled_from([1e-6, 1e-5]), seed=seeds)
@@ -181,6 +182,7 @@ def v2_block_params(rng, c, expansion=4):
     return dict(p, grn_w=rand(rng, expansion * c, scale=0.5), grn_b=rand(rng, expansion * c, scale=0.5))
 
 
+@pytest.mark.slow
 @examples(30)
 @given(n=batches, h=sides, w=sides, c=channels, tall=st.booleans(),
        tile_rows=st.sampled_from([None, 1, 5, 64]), seed=seeds)
@@ -377,6 +379,7 @@ def test_whole_model_numba_equals_numpy_on_the_fixtures(layout):
             assert_allclose(g, w, rtol=0, atol=1e-5 * np.abs(w).max(), strict=True)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not JIT, reason="full-size forward passes are too slow as pure Python")
 @pytest.mark.parametrize("batch", [1, 3])
 def test_full_size_tiny_numba_equals_numpy(tmp_path, batch):

@@ -108,6 +108,7 @@ def full_size(request, tmp_path_factory):
     return request.param, meta, path
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_full_size_variant_matches_reference(full_size, backend):
     name, meta, path = full_size
@@ -121,6 +122,7 @@ def test_full_size_variant_matches_reference(full_size, backend):
         check_against(model, ref, x, i, case(name, backend), hidden=False)
 
 
+@pytest.mark.slow
 def test_the_fixtures_would_catch_a_tanh_gelu(full_size, monkeypatch):
     """The weights are realistic enough that an approximate GELU breaks the tolerance."""
     name, meta, path = full_size

@@ -68,6 +68,7 @@ FULL_SIZE = f"""
 """
 
 
+@pytest.mark.slow
 def test_auto_serves_with_numpy_until_the_background_compile_is_done(tmp_path):
     cache = tmp_path / "numba-cache"
     out, err = run_python(FIRST_CALL, NUMBA_CACHE_DIR=str(cache))
