@@ -34,7 +34,7 @@ from safetensors.numpy import save_file
 from timm.models.convnext import ConvNeXt as TimmConvNeXt
 from timm.models.convnext import checkpoint_filter_fn
 
-from make_fixtures import MICRO, MICRO_INPUTS, as_torch, record, shapes_of
+from make_fixtures import MICRO, MICRO_INPUTS, as_torch, record, run_timm, shapes_of
 from convnext_np.testing import realistic_state_dict
 
 ROOT = Path(__file__).parent
@@ -60,22 +60,6 @@ TIMM_CFG = {"input_size": [3, 64, 64], "crop_pct": 0.875, "crop_mode": "center",
 DINO_CONVERTER = [(r"dwconv", r"depthwise_conv"), (r"pwconv", r"pointwise_conv"), (r"norm", r"layer_norm"),
                   (r"stages.(\d+).(\d+)", r"stages.\1.layers.\2"),
                   (r"downsample_layers.(\d+).(\d+)", r"stages.\1.downsample_layers.\2")]
-
-
-@torch.no_grad()
-def run_timm(model, x) -> dict:
-    """Logits (when there is a head), pooled (forward_head pre_logits) and the five hidden states."""
-    t = torch.from_numpy(x)
-    features = model.forward_features(t)
-    result = {"pooled": model.forward_head(features, pre_logits=True).numpy()}
-    if model.num_classes:
-        result["logits"] = model.forward_head(features).numpy()
-    h = model.stem(t)
-    result["hidden_states.0"] = h.numpy()
-    for i, stage in enumerate(model.stages):
-        h = stage(h)
-        result[f"hidden_states.{i + 1}"] = h.numpy()
-    return result
 
 
 @torch.no_grad()

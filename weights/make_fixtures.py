@@ -118,9 +118,12 @@ def run_hf(model, x, hidden=True) -> dict:
 
 @torch.no_grad()
 def run_timm(model, x, hidden=True) -> dict:
+    """Logits (when there is a head), pooled (forward_head pre_logits) and the five hidden states."""
     t = torch.from_numpy(x)
-    result = {"logits": model(t).numpy(),
-              "pooled": model.forward_head(model.forward_features(t), pre_logits=True).numpy()}
+    features = model.forward_features(t)
+    result = {"pooled": model.forward_head(features, pre_logits=True).numpy()}
+    if model.num_classes:  # with num_classes=0, timm's "logits" are the pooled features
+        result["logits"] = model.forward_head(features).numpy()
     if hidden:
         h = model.stem(t)
         result["hidden_states.0"] = h.numpy()
@@ -142,12 +145,6 @@ def run_hf_v2(model, x, hidden=True) -> dict:
         result.update({f"hidden_states.{i}": h.numpy() for i, h in enumerate(out.hidden_states)})
     return result
 
-
-@torch.no_grad()
-def run_timm_headless(model, x, hidden=True) -> dict:
-    result = run_timm(model, x, hidden)
-    del result["logits"]  # num_classes=0: the "logits" are the pooled features
-    return result
 
 
 def record(path: Path, run, inputs, store_inputs: bool, meta: dict) -> None:
@@ -265,8 +262,7 @@ def micro_v2_fixtures(out: Path) -> None:
             model.load_state_dict(as_torch(sd), strict=True)
         save_file(sd, str(target / "model.safetensors"))
         (target / "config.json").write_text(timm_config("convnextv2_micro", classes, c[-1]))
-        run = (lambda x, m=model: run_timm_headless(m, x)) if classes == 0 else (lambda x, m=model: run_timm(m, x))
-        record(target / "reference", run, MICRO_INPUTS, True,
+        record(target / "reference", lambda x: run_timm(model, x), MICRO_INPUTS, True,
                {"reference": f"timm ConvNeXt(use_grn=True, ls_init_value=None, conv_mlp={conv_mlp}, "
                              f"num_classes={classes})", "layout": layout, "seed": SEED + 11})
 
