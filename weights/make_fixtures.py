@@ -302,7 +302,7 @@ def full_size_v2_references(out: Path) -> None:
 
 
 def full_size_references(out: Path) -> None:
-    out.mkdir(parents=True)
+    out.mkdir(parents=True, exist_ok=True)  # it holds the V2 references too
     for variant in ("atto", "tiny"):
         model = timm.create_model(f"convnext_{variant}", pretrained=False).eval()
         layouts = {"timm": model}
