@@ -14,6 +14,7 @@ from .head import HeadFit, fit_head
 from .model import ConvNeXt, ConvNextOutput
 from .preprocess import ImageProcessor
 from .loading import from_pretrained
+from .version import __version__
 
 __all__ = [
     "CHECKPOINTS", "Checkpoint", "ConvNeXt", "ConvNextConfig", "ConvNextError", "ConvNextOutput",
@@ -21,4 +22,3 @@ __all__ = [
     "from_pretrained",
     "EvaluationReport", "HeadFit", "evaluate", "fit_head",
 ]
-__version__ = "0.1.0"

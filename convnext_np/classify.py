@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -10,6 +11,8 @@ from .errors import ImageError
 from .model import ConvNeXt
 
 DEFAULT_MODEL = "facebook/convnext-tiny-224"
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".tif", ".tiff", ".webp", ".ppm",
+                  ".pgm", ".pbm", ".ico", ".jfif"}
 
 
 @dataclass(frozen=True)
@@ -29,6 +32,17 @@ def top_k_predictions(probs: np.ndarray, id2label: dict, k: int) -> list:
     """Best first; ties keep the lower class index first."""
     order = np.argsort(-probs, kind="stable")[:k]
     return [Prediction(id2label.get(int(i), str(int(i))), int(i), float(probs[i])) for i in order]
+
+
+def expand_paths(paths) -> list:
+    """Files as given; directories searched recursively for image files, sorted."""
+    out = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            out += sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+        else:
+            out.append(p)
+    return out
 
 
 def load_model(model=None, backend: str = "auto") -> ConvNeXt:

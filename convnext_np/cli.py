@@ -1,5 +1,5 @@
 """The ``convnext-np`` command line: classify, features, convert, info, evaluate, fit-head,
-golden, verify.
+golden, verify. Every subcommand is defined here, over the library functions it runs.
 
 Exit status: 0 when every input was handled, 1 when any input failed (the others are still
 reported), 2 for usage errors (no image files found, an output that cannot be written, a model
@@ -16,57 +16,43 @@ import json
 import logging
 import os
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
-from .classify import DEFAULT_MODEL, iter_classify, load_model
+from . import golden, published
+from .classify import DEFAULT_MODEL, expand_paths, iter_classify, load_model
 from .config import V2_VARIANTS, VARIANTS, ConvNextConfig
 from .family import describe
 from .errors import ConvNextError, ImageError
-from .golden import add_golden_parser
+from .evaluate import evaluate, read_dataset
 from .guards import check_output_dir, check_output_file
+from .head import fit_head
 from .model import MIN_INPUT_SIZE
-from .published import add_verify_parser
+from .preprocess import PROFILES, load_rgb
+from .progress import StatusLine
 from .summary import stage_rows
 
 EXIT_OK, EXIT_INPUT_FAILED, EXIT_USAGE = 0, 1, 2
 EXIT_BROKEN_PIPE = 128 + 13  # what a shell reports for a tool killed by SIGPIPE
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".tif", ".tiff", ".webp", ".ppm",
-                  ".pgm", ".pbm", ".ico", ".jfif"}
+
 
 
 class ModelLoadError(Exception):
     """The model named on the command line could not be loaded (exit status 2)."""
 
 
-def expand_paths(paths) -> list:
-    """Files as given; directories searched recursively for image files, sorted."""
-    out = []
-    for p in map(Path, paths):
-        if p.is_dir():
-            out += sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
-        else:
-            out.append(p)
-    return out
-
-
 class Progress:
-    """``done/total`` on stderr, redrawn at most every 0.2 s; only where stderr is a terminal
-    (or when forced with --progress)."""
+    """``done/total images`` on stderr (a :class:`~convnext_np.progress.StatusLine`); only where
+    stderr is a terminal (or when forced with --progress), and only for more than one image."""
 
     def __init__(self, total: int, enabled: bool):
-        self.total, self.done, self.enabled, self._last = total, 0, enabled and total > 1, 0.0
+        self.total, self.done = total, 0
+        self.line = StatusLine(enabled and total > 1)
 
     def step(self):
         self.done += 1
-        now = time.monotonic()
-        if self.enabled and (now - self._last > 0.2 or self.done == self.total):
-            self._last = now
-            print(f"\r{self.done}/{self.total} images", end="", file=sys.stderr, flush=True)
-            if self.done == self.total:
-                print(file=sys.stderr)
+        self.line.draw(f"{self.done}/{self.total} images", final=self.done == self.total)
 
 
 def _load(args):
@@ -251,8 +237,6 @@ def cmd_info(args) -> int:
 # --- evaluate, fit-head -----------------------------------------------------------------------
 def _read_labelled(args):
     """The dataset's (image, label) pairs, or None after saying why on stderr (exit 2)."""
-    from .evaluate import read_dataset
-
     try:
         return read_dataset(args.dataset)
     except ValueError as e:
@@ -261,8 +245,6 @@ def _read_labelled(args):
 
 
 def cmd_evaluate(args) -> int:
-    from .evaluate import evaluate
-
     pairs = _read_labelled(args)
     if pairs is None:
         return EXIT_USAGE
@@ -291,8 +273,6 @@ def default_cache_dir() -> Path:
 
 
 def cmd_fit_head(args) -> int:
-    from .head import fit_head
-
     pairs = _read_labelled(args)
     if pairs is None:
         return EXIT_USAGE
@@ -325,6 +305,101 @@ def cmd_fit_head(args) -> int:
               f"features were (ImageProcessor(crop_mode={fitted.preprocessor.crop_mode!r}, ...)) "
               "when you use the model", file=sys.stderr)
     return EXIT_INPUT_FAILED if r.unreadable else EXIT_OK
+
+
+# --- golden, verify -----------------------------------------------------------------------------
+def cmd_golden(args) -> int:
+    """``convnext-np golden``: 0 written, 1 an image could not be read, 2 no model, no images,
+    or an output directory that cannot be written (checked before the model runs)."""
+    paths = expand_paths(args.images)
+    if not paths:
+        return report_no_images()
+    try:
+        check_output_dir(args.out)
+    except ConvNextError as e:
+        return _output_error("--out", e)
+    model = load_or_report(args)
+    if model is None:
+        return EXIT_USAGE
+    try:
+        manifest = golden.write_bundle([str(p) for p in paths], model, args.out, args.float64,
+                                       name=str(args.model))
+    except ImageError as e:
+        print(f"convnext-np: {e}; no bundle written", file=sys.stderr)
+        return EXIT_INPUT_FAILED
+    out = Path(args.out)
+    print(f"{out / golden.TENSORS_FILE}  ({manifest['compute']['dtype']}, {len(paths)} image"
+          f"{'s' if len(paths) > 1 else ''}, model {args.model})")
+    print(f"{out / golden.MANIFEST_FILE}")
+    print(f"  {'tensor':16s} {'shape':>18s} {'dtype':8s} {'min':>10s} {'max':>10s} {'atol':>10s}")
+    for key, e in manifest["tensors"].items():
+        print(f"  {key:16s} {str(tuple(e['shape'])):>18s} {e['dtype']:8s} {e['min']:10.4f} "
+              f"{e['max']:10.4f} {e['tolerance']['atol']:10.2e}")
+    return EXIT_OK
+
+
+def _fmt(values, spec="+.4f") -> str:
+    return "[" + ", ".join(f"{v:{spec}}" for v in values) + "]"
+
+
+def cmd_verify(args, table=published.PUBLISHED) -> int:
+    """``convnext-np verify``: 0 PASS, 1 FAIL, 2 no image, no published values or no model."""
+    if args.image is None:
+        print("convnext-np: error: verify needs --image: the reference image, COCO val2017 "
+              f"000000039769, is the transformers repo's {published.COCO_PNG_PATH} (or "
+              f"{published.COCO_JPG})", file=sys.stderr)
+        return EXIT_USAGE
+    name = args.checkpoint or args.model
+    rows = published.expectations(name, table)
+    if not rows and Path(name).exists():
+        rows = published.expectations(published.checkpoint_of_path(name) or "", table)
+    if not rows:
+        known = sorted({e.checkpoint for e in table})
+        print(f"convnext-np: error: no published logits for {name!r}; pass --checkpoint with one "
+              f"of: {', '.join(known)}", file=sys.stderr)
+        return EXIT_USAGE
+    model = load_or_report(args)
+    if model is None:
+        return EXIT_USAGE
+    try:
+        for e in rows:
+            published.check_head(model, e)
+        logits = model(model.preprocessor([args.image])).logits[0]
+    except (ConvNextError, ValueError) as e:
+        print(f"convnext-np: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+
+    results = [published.compare(logits, e) for e in rows]
+    size = load_rgb(args.image).size
+    print(f"verify {rows[0].checkpoint} (model {args.model}, backend {model.backend})")
+    print(f"image {args.image} ({size[0]}x{size[1]})")
+    if size != published.COCO_SIZE:
+        print(f"  note: COCO 000000039769 is {published.COCO_SIZE[0]}x{published.COCO_SIZE[1]}; "
+              "is this the reference image?")
+    verdict_rows = published.judged(rows)
+    for r in results:
+        e = r.expected
+        role = "judged" if e in verdict_rows else "info"
+        print(f"\n[{r.verdict}] ({role}) {e.source}")
+        print(f"  preprocessing: {e.preprocessing}")
+        print(f"  logits[0, :{len(e.logits)}] expected {_fmt(e.logits)}")
+        print(f"               got      {_fmt(r.got, '+.6f')}")
+        print(f"               diff     {_fmt(r.diff, '+.1e')}")
+        print(f"  max |diff| {r.max_abs_diff:.2e}; allowed: atol {e.atol:g} + rtol {e.rtol:g} x |expected|")
+        if e.note:
+            print(f"  note: {e.note}")
+    passed = [r for r in results if r.expected in verdict_rows and r.passed]
+    best = min((r for r in results if r.expected in verdict_rows), key=lambda r: r.max_abs_diff)
+    if passed:
+        print(f"\nverdict: PASS: {rows[0].checkpoint} reproduces the published logits "
+              f"(max |diff| {passed[0].max_abs_diff:.2e}, {passed[0].expected.source})")
+        return EXIT_OK
+    print(f"\nverdict: FAIL: {rows[0].checkpoint} does not reproduce the published logits "
+          f"(closest: max |diff| {best.max_abs_diff:.2e} against {best.expected.source})")
+    if all(e.kind == "converter" for e in verdict_rows):
+        print("  the converter computed its values on the JPEG without centre cropping; they may "
+              "not reproduce with any standard preprocessing")
+    return EXIT_INPUT_FAILED
 
 
 # --- the parser -------------------------------------------------------------------------------
@@ -422,8 +497,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"input width, at least {MIN_INPUT_SIZE} (default: = size)")
     p.add_argument("--backend", default="numpy", help=argparse.SUPPRESS)
 
-    from .preprocess import PROFILES
-
     def downstream_options(p):
         p.add_argument("dataset", metavar="DATASET",
                        help="a folder of class folders (named by label or WordNet id, as "
@@ -470,8 +543,43 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-cache", action="store_true", help="keep features in memory only")
     batch_options(p)
 
-    add_golden_parser(sub)
-    add_verify_parser(sub)
+    p = add("golden", "golden bundle (every stage's output) for checking other ports",
+            "Run a model on images and write OUT/tensors.safetensors (pixel_values, "
+            "hidden_states.0..4, pooled, logits) and OUT/manifest.json (model source and "
+            "sha256, preprocessing, per-tensor shape, dtype, statistics, sha256 and the "
+            "tolerance we recommend). docs/porting.md shows how a port checks itself.",
+            ["convnext-np golden cat.png --out golden/tiny",
+             "convnext-np golden a.jpg b.png --model ./convnext-tiny-224 --out golden/ --float64",
+             "convnext-np golden tests/data/images/chelsea.png --model weights/fixtures/hf-safetensors --out /tmp/g"],
+            cmd_golden)
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (directories are searched)")
+    p.add_argument("--model", "-m", default=DEFAULT_MODEL,
+                   help=f"hub id, timm name, alias, or a local directory / weights file (default: {DEFAULT_MODEL})")
+    p.add_argument("--out", "-o", required=True, help="output directory (created if needed)")
+    p.add_argument("--float64", action="store_true",
+                   help="run the whole network in float64, a tighter reference (NumPy ops)")
+    p.add_argument("--backend", choices=("auto", "numba", "numpy"), default="numpy",
+                   help="implementation of the ops for a float32 bundle (default: numpy, the "
+                        "reference; a float64 bundle always uses it)")
+
+    p = add("verify", "compare a published checkpoint with its published logits",
+            "Run a published checkpoint on the reference image (COCO val2017 "
+            "000000039769, 'two cats') and compare logits[0, :3] with the values "
+            "transformers publishes: its test suite for facebook/convnext-tiny-224, its "
+            "conversion script for the others. Get the image from the transformers repo, "
+            f"{published.COCO_PNG_PATH}, or from {published.COCO_JPG}.",
+            ["convnext-np verify --image 000000039769.png",
+             "convnext-np verify --model facebook/convnext-base-224 --image 000000039769.jpg",
+             "convnext-np verify --model ./convnext-tiny-224 --checkpoint facebook/convnext-tiny-224 "
+             "--image 000000039769.png"], cmd_verify)
+    p.epilog += "\n\nexit status: 0 PASS, 1 FAIL, 2 usage error, no published values, or no model"
+    p.add_argument("--model", "-m", default=DEFAULT_MODEL,
+                   help=f"a published checkpoint: hub id, alias, or its local directory (default: {DEFAULT_MODEL})")
+    p.add_argument("--image", "-i", default=None, help="the reference image (000000039769.png or .jpg)")
+    p.add_argument("--checkpoint", default=None,
+                   help="whose published values to use, when --model is a local directory")
+    p.add_argument("--backend", choices=("auto", "numba", "numpy"), default="auto",
+                   help="implementation of the ops (default: auto)")
     return parser
 
 

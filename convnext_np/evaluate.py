@@ -19,7 +19,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .classify import iter_classify, load_model
+from .classify import expand_paths, iter_classify, load_model
 from .labels import imagenet_synsets
 from .preprocess import ImageProcessor, profile_processor
 
@@ -33,8 +33,6 @@ def read_dataset(dataset) -> list:
         if any(len(p) != 2 for p in pairs):
             raise ValueError("a dataset given as a list must hold (image, label) pairs")
         return [(image, str(label)) for image, label in pairs]
-    from .cli import expand_paths  # the CLI's image search; imported here, as the CLI imports us
-
     path = Path(os.fspath(dataset))
     if path.is_dir():
         classes = sorted(d for d in path.iterdir() if d.is_dir() and not d.name.startswith("."))

@@ -18,14 +18,11 @@ tighter than any float32 port, computed by the same code as the float32 path.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import hashlib
 import json
 import os
 import platform
-import sys
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,9 +31,11 @@ import numpy as np
 from . import model as model_mod
 from . import ops
 from .errors import ConvNextError, ImageError
-from .guards import check_output_dir, read_json_file
+from .files import atomic_write, find_weights, shard_names
+from .guards import read_json_file
 from .model import ConvNeXt, ConvNextOutput
 from .testing import HIDDEN_RTOL, LOGITS_ATOL, PIXEL_ATOL, POOLED_ATOL
+from .version import __version__
 
 FORMAT = "convnext-np golden bundle"
 FORMAT_VERSION = 1
@@ -163,20 +162,17 @@ def model_files(source) -> list:
 
     Empty for a model built in memory (``source`` None) or a source that no longer exists.
     """
-    from .loading import WEIGHT_FILES
-
     if source is None or not Path(source).exists():
         return []
     path = Path(source)
     if path.is_file():
         return [path]
     files = [path / n for n in ("config.json", "preprocessor_config.json") if (path / n).is_file()]
-    weights = next((path / n for n in WEIGHT_FILES if (path / n).is_file()), None)
+    weights = find_weights(path)
     if weights is not None:
         files.append(weights)
         if weights.name.endswith(".index.json"):
-            shards = sorted(set(json.loads(weights.read_text(encoding="utf-8"))["weight_map"].values()))
-            files += [path / s for s in shards]
+            files += [path / s for s in shard_names(weights)]
     return files
 
 
@@ -195,22 +191,8 @@ def _image_entry(index, image) -> dict:
 def _versions() -> dict:
     import scipy
 
-    from . import __version__
-
     return {"convnext_np": __version__, "numpy": np.__version__, "scipy": scipy.__version__,
             "python": platform.python_version()}
-
-
-def _atomic_write(path: Path, writer) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        writer(tmp)
-        os.chmod(tmp, 0o644)  # mkstemp's 0600 would keep a bundle from the people it is for
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 # --- writing -----------------------------------------------------------------------------------
@@ -266,9 +248,9 @@ def write_bundle(images, model, out_dir, float64: bool = False, *, name: str | N
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     metadata = {"format": FORMAT, "format_version": str(FORMAT_VERSION), "manifest": MANIFEST_FILE}
-    _atomic_write(out / TENSORS_FILE, lambda p: save_file(
+    atomic_write(out / TENSORS_FILE, lambda p: save_file(
         {k: np.ascontiguousarray(v) for k, v in tensors.items()}, p, metadata=metadata))
-    _atomic_write(out / MANIFEST_FILE, lambda p: Path(p).write_text(
+    atomic_write(out / MANIFEST_FILE, lambda p: Path(p).write_text(
         json.dumps(manifest, indent=2) + "\n", encoding="utf-8"))
     return manifest
 
@@ -419,64 +401,3 @@ def check_bundle(bundle_dir, model=None, *, float64: bool | None = None) -> Bund
                 check.within = bool((diff <= tol["atol"] + tol["rtol"] * np.abs(want)).all())
         report.checks.append(check)
     return report
-
-
-# --- the command line (wired into convnext_np.cli) ----------------------------------------------
-def add_golden_parser(subparsers) -> argparse.ArgumentParser:
-    """Add ``convnext-np golden`` to an ``argparse`` subparsers object."""
-    from .classify import DEFAULT_MODEL
-
-    examples = ["convnext-np golden cat.png --out golden/tiny",
-                "convnext-np golden a.jpg b.png --model ./convnext-tiny-224 --out golden/ --float64",
-                "convnext-np golden tests/data/images/chelsea.png --model weights/fixtures/hf-safetensors --out /tmp/g"]
-    p = subparsers.add_parser(
-        "golden", help="golden bundle (every stage's output) for checking other ports",
-        description="Run a model on images and write OUT/tensors.safetensors (pixel_values, "
-                    "hidden_states.0..4, pooled, logits) and OUT/manifest.json (model source and "
-                    "sha256, preprocessing, per-tensor shape, dtype, statistics, sha256 and the "
-                    "tolerance we recommend). docs/porting.md shows how a port checks itself.",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="examples:\n" + "\n".join(f"  {e}" for e in examples))
-    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (directories are searched)")
-    p.add_argument("--model", "-m", default=DEFAULT_MODEL,
-                   help=f"hub id, timm name, alias, or a local directory / weights file (default: {DEFAULT_MODEL})")
-    p.add_argument("--out", "-o", required=True, help="output directory (created if needed)")
-    p.add_argument("--float64", action="store_true",
-                   help="run the whole network in float64, a tighter reference (NumPy ops)")
-    p.add_argument("--backend", choices=("auto", "numba", "numpy"), default="numpy",
-                   help="implementation of the ops for a float32 bundle (default: numpy, the "
-                        "reference; a float64 bundle always uses it)")
-    p.set_defaults(func=golden_command)
-    return p
-
-
-def golden_command(args) -> int:
-    """``convnext-np golden``: 0 written, 1 an image could not be read, 2 no model, no images,
-    or an output directory that cannot be written (checked before the model runs)."""
-    from .cli import EXIT_USAGE, expand_paths, load_or_report, report_no_images
-
-    paths = expand_paths(args.images)
-    if not paths:
-        return report_no_images()
-    try:
-        check_output_dir(args.out)
-    except ConvNextError as e:
-        print(f"convnext-np: error: --out {e}", file=sys.stderr)
-        return EXIT_USAGE
-    model = load_or_report(args)
-    if model is None:
-        return 2
-    try:
-        manifest = write_bundle([str(p) for p in paths], model, args.out, args.float64, name=str(args.model))
-    except ImageError as e:
-        print(f"convnext-np: {e}; no bundle written", file=sys.stderr)
-        return 1
-    out = Path(args.out)
-    print(f"{out / TENSORS_FILE}  ({manifest['compute']['dtype']}, {len(paths)} image"
-          f"{'s' if len(paths) > 1 else ''}, model {args.model})")
-    print(f"{out / MANIFEST_FILE}")
-    print(f"  {'tensor':16s} {'shape':>18s} {'dtype':8s} {'min':>10s} {'max':>10s} {'atol':>10s}")
-    for key, e in manifest["tensors"].items():
-        print(f"  {key:16s} {str(tuple(e['shape'])):>18s} {e['dtype']:8s} {e['min']:10.4f} "
-              f"{e['max']:10.4f} {e['tolerance']['atol']:10.2e}")
-    return 0

@@ -24,7 +24,6 @@ import dataclasses
 import hashlib
 import json
 import os
-import tempfile
 import time
 import uuid
 from dataclasses import dataclass
@@ -35,6 +34,7 @@ import numpy as np
 from .classify import load_model
 from .errors import ImageError
 from .evaluate import describe_processor, read_dataset
+from .files import atomic_write
 from .model import ConvNeXt
 from .preprocess import ImageProcessor, profile_processor
 
@@ -90,7 +90,8 @@ class FeatureCache:
         self.directory.mkdir(parents=True, exist_ok=True)
         self.part_size, self.rows, self._pending = part_size, {}, []
         if info is not None and not (self.directory / "info.json").is_file():
-            self._write("info.json", lambda p: Path(p).write_text(json.dumps(info, indent=2) + "\n"))
+            atomic_write(self.directory / "info.json",
+                         lambda p: Path(p).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8"))
         for part in sorted(self.directory.glob("part-*.safetensors")):
             try:
                 with safe_open(str(part), "np") as f:
@@ -119,19 +120,8 @@ class FeatureCache:
 
         keys, self._pending = self._pending, []
         features = np.stack([self.rows[k] for k in keys]).astype(np.float32)
-        self._write(f"part-{uuid.uuid4().hex}.safetensors",
-                    lambda p: save_file({"features": features}, p, metadata={"images": json.dumps(keys)}))
-
-    def _write(self, name, writer):
-        fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=f".{name}.", suffix=".tmp")
-        os.close(fd)
-        try:
-            writer(tmp)
-            os.replace(tmp, self.directory / name)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-
+        atomic_write(self.directory / f"part-{uuid.uuid4().hex}.safetensors",
+                     lambda p: save_file({"features": features}, p, metadata={"images": json.dumps(keys)}))
 
 def pooled_features(model: ConvNeXt, images, *, batch_size: int = 8, cache: FeatureCache | None = None,
                     progress=None):

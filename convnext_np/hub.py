@@ -48,7 +48,7 @@ HTTP requests send ``User-Agent: convnext_np/<version>`` and, where there is a t
 token is ``$HF_TOKEN``, else the file huggingface_hub's login writes (``$HF_TOKEN_PATH``, else
 ``token`` in the HF home folder). Gated repos (DINOv3's, for one) need both a token and the
 licence accepted on the repo's page; a 401 or 403 says so.
-Progress goes to stderr: on a terminal a bar redrawn at most every 0.2 s
+Progress goes to stderr: on a terminal a bar redrawn at most every 0.2 s (:mod:`.progress`)
 (``model.safetensors 12.3/114.0 MB 45%``); elsewhere one line per file of 1 MB or more once it
 has arrived; nothing when ``HF_HUB_DISABLE_PROGRESS_BARS=1``.
 """
@@ -58,13 +58,11 @@ from __future__ import annotations
 import difflib
 import hashlib
 import http.client
-import json
 import os
 import re
 import secrets
 import shutil
 import sys
-import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -73,7 +71,9 @@ from urllib.parse import quote, urljoin, urlsplit
 
 from . import checkpoints
 from .errors import WeightsError
-from .loading import WEIGHT_FILES  # in the order the loader prefers them
+from .files import WEIGHT_FILES, atomic_write, find_weights, shard_names
+from .progress import StatusLine
+from .version import __version__
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
 TIMEOUT = 10.0  # seconds, for connecting and for each read; there are no retries
@@ -177,17 +177,16 @@ def cached_snapshot(repo_dir: Path, revision: str) -> Path | None:
     snapshot = repo_dir / "snapshots" / commit
     if not (snapshot / "config.json").is_file():
         return None
-    for weights in WEIGHT_FILES:
-        path = snapshot / weights
-        if path.is_file():
-            if not weights.endswith(".index.json"):
-                return snapshot
-            try:
-                shards = _shard_names(path, weights)
-            except WeightsError:
-                return None
-            return snapshot if all((snapshot / s).is_file() for s in shards) else None
-    return None
+    weights = find_weights(snapshot)
+    if weights is None:
+        return None
+    if not weights.name.endswith(".index.json"):
+        return snapshot
+    try:
+        shards = shard_names(weights)
+    except WeightsError:
+        return None
+    return snapshot if all((snapshot / s).is_file() for s in shards) else None
 
 
 @dataclass
@@ -221,7 +220,7 @@ class _Download:
             raise WeightsError(f"{self.repo} (revision {self.revision!r}) on {self.endpoint} has "
                                f"no weights: none of {', '.join(WEIGHT_FILES)} exists")
         if weights.endswith(".index.json"):
-            for shard in _shard_names(self._staged_path(staged), f"{self.repo}/{weights}"):
+            for shard in shard_names(self._staged_path(staged), f"{self.repo}/{weights}"):
                 self.fetch(shard)
         self.fetch("preprocessor_config.json", optional=True)
 
@@ -306,7 +305,7 @@ class _Download:
         if self.revision != commit or not _COMMIT.fullmatch(commit):
             ref = self.repo_dir / "refs" / self.revision
             if not ref.is_file() or ref.read_text(encoding="utf-8") != commit:
-                _atomic_write_text(ref, commit)
+                atomic_write(ref, lambda p: Path(p).write_text(commit, encoding="utf-8"))
         return snapshot
 
     def discard_temporaries(self) -> None:
@@ -410,40 +409,24 @@ class _Progress:
 
     def __init__(self, label: str, total: int | None):
         self.label, self.total, self.done = label, total, 0
-        self.stream = sys.stderr
         self.enabled = not _env_flag("HF_HUB_DISABLE_PROGRESS_BARS")
-        self.live = self.enabled and self.stream.isatty()
-        self.drawn = 0.0  # time.monotonic() of the last redraw; 0 before the first
+        self.line = StatusLine(self.enabled and sys.stderr.isatty(), sys.stderr)
 
     def update(self, done: int) -> None:
         self.done = done
-        if self.live and time.monotonic() - self.drawn >= 0.2:
-            self.stream.write(f"\r{self._text()}")
-            self.stream.flush()
-            self.drawn = time.monotonic()
+        self.line.draw(self._text())
 
     def close(self) -> None:
-        if self.live and self.drawn:
-            self.stream.write(f"\r{self._text()}\n")
-        elif self.enabled and not self.live and self.done >= 1 << 20:
-            self.stream.write(f"{self._text()}\n")
+        if self.line.drawn is not None:
+            self.line.draw(self._text(), final=True)
+        elif self.enabled and not self.line.enabled and self.done >= 1 << 20:
+            sys.stderr.write(f"{self._text()}\n")
 
     def _text(self) -> str:
         if not self.total:
             return f"{self.label} {self.done / 1e6:.1f} MB"
         return (f"{self.label} {self.done / 1e6:.1f}/{self.total / 1e6:.1f} MB "
                 f"{100 * self.done // self.total}%")
-
-
-def _shard_names(index: Path, where: str) -> list[str]:
-    """The shard files a ``*.index.json`` names, each checked to stay inside the snapshot."""
-    try:
-        shards = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
-        raise WeightsError(f"{where}: not a valid shard index: {e!r}") from None
-    for shard in shards:
-        _check_relative_path(shard, f"{where}: shard")
-    return shards
 
 
 def _check_relative_path(value: str, what: str) -> None:
@@ -468,16 +451,6 @@ def _link(blob: Path, path: Path) -> None:
             os.unlink(tmp)
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def _pinned_sha256(repo: str, revision: str) -> str | None:
     """The table's sha256 of model.safetensors, for an alias's default repo at ``main``."""
     row = checkpoints.find_checkpoint(repo)
@@ -498,5 +471,4 @@ def _env_flag(name: str) -> bool:
 
 
 def _user_agent() -> str:
-    from . import __version__  # at call time: the package imports this module before it is set
     return f"convnext_np/{__version__}"

@@ -11,85 +11,19 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from safetensors.numpy import save_file
 
-from . import backbone, family, torch_pickle, weights
+from . import backbone, family, weights
 from .config import MODEL_TYPES, STRUCTURE_DEFAULTS, V2_VARIANTS, VARIANTS, ConvNextConfig, read_json_object
 from .errors import WeightsError
-from .guards import check_num_labels, read_json_file
+from .files import WEIGHT_FILES, atomic_write, find_weights, read_state_dict
+from .guards import check_num_labels
 from .labels import imagenet_labels
 from .model import ConvNeXt
 from .preprocess import DINOV3_PREPROCESSING, ImageProcessor
-from .safetensors_file import SafetensorsFile
-
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json",
-                "pytorch_model.bin", "pytorch_model.bin.index.json")
-PICKLE_SUFFIXES = (".bin", ".pth", ".pt")
-
-
-def read_state_dict(path: Path) -> dict:
-    """name -> array for one weights file or a sharded index; arrays may be memory-mapped."""
-    name = path.name
-    if name.endswith(".index.json"):
-        return _read_sharded(path)
-    if name.endswith(".safetensors"):
-        f = SafetensorsFile(path)
-        return {k: f.tensor(k) for k in f.keys()}
-    if name.endswith(PICKLE_SUFFIXES):
-        obj = torch_pickle.load(path)
-        state_dict = weights.unwrap(obj, str(path))
-        bad = [k for k, v in state_dict.items() if not isinstance(v, np.ndarray)]
-        if bad:
-            raise WeightsError(f"{path}: entry {bad[0]!r} is a {type(state_dict[bad[0]]).__name__}, "
-                               "not a tensor")
-        return state_dict
-    raise WeightsError(f"{path}: unknown weights format; expected .safetensors, "
-                       f"{', '.join(PICKLE_SUFFIXES)} or a *.index.json")
-
-
-def _read_sharded(index_path: Path) -> dict:
-    """The tensors of every shard an index lists. A shard is a weights file beside the index
-    (never another index: an index listing itself would recurse forever)."""
-    index = read_json_file(index_path, "shard index")
-    weight_map = index.get("weight_map") if isinstance(index, dict) else None
-    if not (isinstance(weight_map, dict)
-            and all(isinstance(v, str) for v in weight_map.values())):
-        raise WeightsError(f"{index_path}: not a valid shard index: expected "
-                           '{"weight_map": {tensor name: shard file name}}')
-    shards = sorted(set(weight_map.values()))
-    for shard in shards:
-        if Path(shard).name != shard or shard.endswith(".index.json") \
-                or not shard.endswith((".safetensors", *PICKLE_SUFFIXES)):
-            raise WeightsError(f"{index_path}: shard {shard!r} is not a weights file name "
-                               "beside the index")
-    state_dict = {}
-    for shard in shards:
-        shard_path = index_path.parent / shard
-        if not shard_path.is_file():
-            raise WeightsError(f"{index_path}: shard {shard!r} is missing")
-        part = read_state_dict(shard_path)
-        for key in part:
-            if weight_map.get(key) != shard:
-                raise WeightsError(f"{shard_path}: tensor {key!r} is not listed for this shard "
-                                   f"in {index_path.name}")
-        state_dict.update(part)
-    absent = [k for k in weight_map if k not in state_dict]
-    if absent:
-        raise WeightsError(f"{index_path}: tensor {absent[0]!r} is listed but not in "
-                           f"shard {weight_map[absent[0]]!r}")
-    return state_dict
-
-
-def _find_weights(directory: Path) -> Path:
-    for name in WEIGHT_FILES:
-        if (directory / name).is_file():
-            return directory / name
-    raise WeightsError(f"{directory}: no weights found; expected one of {', '.join(WEIGHT_FILES)}")
-
 
 def _config_from_tensors(arch: dict, scheme: str, labels=None) -> ConvNextConfig:
     """A config for weights that came without an HF config.json (timm, facebookresearch, bare).
@@ -124,7 +58,9 @@ def load_local(path: Path, *, backend: str = "auto", num_threads: int | None = N
     """A model from a local directory or weights file (see the module docstring)."""
     path = Path(path)
     config_json = read_json_object(path / "config.json") if (path / "config.json").is_file() else None
-    weights_path = _find_weights(path) if path.is_dir() else path
+    weights_path = find_weights(path) if path.is_dir() else path
+    if weights_path is None:
+        raise WeightsError(f"{path}: no weights found; expected one of {', '.join(WEIGHT_FILES)}")
     where = str(weights_path)
     state_dict = read_state_dict(weights_path)
     scheme = weights.detect_scheme(state_dict, where)
@@ -261,26 +197,15 @@ def save_pretrained(model: ConvNeXt, directory) -> None:
         tensors, config = weights.to_transformers_family(model)
     else:
         tensors, config = weights.to_hf_tensors(model.params, model.config), model.config
-
-    def write(name, writer):
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{name}.", suffix=".tmp")
-        os.close(fd)
-        try:
-            writer(tmp)
-            os.replace(tmp, directory / name)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-
-    write("model.safetensors", lambda p: save_file(tensors, p, metadata={"format": "pt"}))
-    write("config.json", config.to_json_file)
+    atomic_write(directory / "model.safetensors", lambda p: save_file(tensors, p, metadata={"format": "pt"}))
+    atomic_write(directory / "config.json", config.to_json_file)
     if model.preprocessor is not None:
         try:
             processor = model.preprocessor.to_hf_dict()
         except ValueError:
             return
-        write("preprocessor_config.json",
-              lambda p: Path(p).write_text(json.dumps(processor, indent=2) + "\n", encoding="utf-8"))
+        atomic_write(directory / "preprocessor_config.json",
+                     lambda p: Path(p).write_text(json.dumps(processor, indent=2) + "\n", encoding="utf-8"))
 
 
 def from_pretrained(source, *, revision: str = "main", cache_dir=None, backend: str = "auto",

@@ -16,15 +16,12 @@ row's tolerance; the other rows are printed for information.
 
 from __future__ import annotations
 
-import argparse
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from .checkpoints import find_checkpoint
-from .errors import ConvNextError
 
 COCO_PNG_PATH = "tests/fixtures/tests_samples/COCO/000000039769.png"  # in the transformers repo
 COCO_PNG = f"{COCO_PNG_PATH} (transformers repo)"
@@ -188,106 +185,9 @@ def compare(logits, expected: Expected) -> Verification:
                         expected.atol + expected.rtol * np.abs(want))
 
 
-def _fmt(values, spec="+.4f") -> str:
-    return "[" + ", ".join(f"{v:{spec}}" for v in values) + "]"
-
-
-def _checkpoint_of(path: str) -> str | None:
+def checkpoint_of_path(path: str) -> str | None:
     """A hub id read off a Hugging Face cache path (``.../models--facebook--convnext-tiny-224/...``)."""
     for part in Path(path).parts:
         if part.startswith("models--"):
             return part.removeprefix("models--").replace("--", "/")
     return None
-
-
-# --- the command line (wired into convnext_np.cli) ----------------------------------------------
-def add_verify_parser(subparsers) -> argparse.ArgumentParser:
-    """Add ``convnext-np verify`` to an ``argparse`` subparsers object."""
-    from .classify import DEFAULT_MODEL
-
-    examples = ["convnext-np verify --image 000000039769.png",
-                "convnext-np verify --model facebook/convnext-base-224 --image 000000039769.jpg",
-                "convnext-np verify --model ./convnext-tiny-224 --checkpoint facebook/convnext-tiny-224 "
-                "--image 000000039769.png"]
-    p = subparsers.add_parser(
-        "verify", help="compare a published checkpoint with its published logits",
-        description="Run a published checkpoint on the reference image (COCO val2017 "
-                    "000000039769, 'two cats') and compare logits[0, :3] with the values "
-                    "transformers publishes: its test suite for facebook/convnext-tiny-224, its "
-                    "conversion script for the others. Get the image from the transformers repo, "
-                    f"{COCO_PNG_PATH}, or from {COCO_JPG}.",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="examples:\n" + "\n".join(f"  {e}" for e in examples)
-               + "\n\nexit status: 0 PASS, 1 FAIL, 2 usage error, no published values, or no model")
-    p.add_argument("--model", "-m", default=DEFAULT_MODEL,
-                   help=f"a published checkpoint: hub id, alias, or its local directory (default: {DEFAULT_MODEL})")
-    p.add_argument("--image", "-i", default=None, help="the reference image (000000039769.png or .jpg)")
-    p.add_argument("--checkpoint", default=None,
-                   help="whose published values to use, when --model is a local directory")
-    p.add_argument("--backend", choices=("auto", "numba", "numpy"), default="auto",
-                   help="implementation of the ops (default: auto)")
-    p.set_defaults(func=verify_command)
-    return p
-
-
-def verify_command(args, table=PUBLISHED) -> int:
-    """``convnext-np verify``: 0 PASS, 1 FAIL, 2 no image, no published values or no model."""
-    from .cli import load_or_report
-
-    if args.image is None:
-        print("convnext-np: error: verify needs --image: the reference image, COCO val2017 "
-              f"000000039769, is the transformers repo's {COCO_PNG_PATH} (or {COCO_JPG})",
-              file=sys.stderr)
-        return 2
-    name = getattr(args, "checkpoint", None) or args.model
-    rows = expectations(name, table)
-    if not rows and Path(name).exists():
-        rows = expectations(_checkpoint_of(name) or "", table)
-    if not rows:
-        known = sorted({e.checkpoint for e in table})
-        print(f"convnext-np: error: no published logits for {name!r}; pass --checkpoint with one "
-              f"of: {', '.join(known)}", file=sys.stderr)
-        return 2
-    model = load_or_report(args)
-    if model is None:
-        return 2
-    try:
-        for e in rows:
-            check_head(model, e)
-        logits = model(model.preprocessor([args.image])).logits[0]
-    except (ConvNextError, ValueError) as e:
-        print(f"convnext-np: error: {e}", file=sys.stderr)
-        return 2
-
-    from .preprocess import load_rgb
-
-    results = [compare(logits, e) for e in rows]
-    size = load_rgb(args.image).size
-    print(f"verify {rows[0].checkpoint} (model {args.model}, backend {model.backend})")
-    print(f"image {args.image} ({size[0]}x{size[1]})")
-    if size != COCO_SIZE:
-        print(f"  note: COCO 000000039769 is {COCO_SIZE[0]}x{COCO_SIZE[1]}; is this the reference image?")
-    verdict_rows = judged(rows)
-    for r in results:
-        e = r.expected
-        role = "judged" if e in verdict_rows else "info"
-        print(f"\n[{r.verdict}] ({role}) {e.source}")
-        print(f"  preprocessing: {e.preprocessing}")
-        print(f"  logits[0, :{len(e.logits)}] expected {_fmt(e.logits)}")
-        print(f"               got      {_fmt(r.got, '+.6f')}")
-        print(f"               diff     {_fmt(r.diff, '+.1e')}")
-        print(f"  max |diff| {r.max_abs_diff:.2e}; allowed: atol {e.atol:g} + rtol {e.rtol:g} x |expected|")
-        if e.note:
-            print(f"  note: {e.note}")
-    passed = [r for r in results if r.expected in verdict_rows and r.passed]
-    best = min((r for r in results if r.expected in verdict_rows), key=lambda r: r.max_abs_diff)
-    if passed:
-        print(f"\nverdict: PASS: {rows[0].checkpoint} reproduces the published logits "
-              f"(max |diff| {passed[0].max_abs_diff:.2e}, {passed[0].expected.source})")
-        return 0
-    print(f"\nverdict: FAIL: {rows[0].checkpoint} does not reproduce the published logits "
-          f"(closest: max |diff| {best.max_abs_diff:.2e} against {best.expected.source})")
-    if all(e.kind == "converter" for e in verdict_rows):
-        print("  the converter computed its values on the JPEG without centre cropping; they may "
-              "not reproduce with any standard preprocessing")
-    return 1

@@ -1,6 +1,5 @@
 """Golden bundles: written, read back by two independent readers, re-checked, tamper-evident."""
 
-import argparse
 import hashlib
 import json
 import math
@@ -14,7 +13,7 @@ from safetensors.numpy import load_file, save_file
 
 import convnext_np as cnp
 from conftest import FIXTURES
-from convnext_np import golden, ops
+from convnext_np import cli, golden, ops
 from convnext_np.safetensors_file import SafetensorsFile
 from convnext_np.testing import LOGITS_ATOL
 
@@ -159,21 +158,20 @@ def test_float64_ops_are_the_reference_ops_with_an_exact_erf():
 
 
 def test_golden_command(tmp_path, capsys):
-    parser = argparse.ArgumentParser()
-    golden.add_golden_parser(parser.add_subparsers())
+    parser = cli.build_parser()
     args = parser.parse_args(["golden", PHOTOS[0], "--model", MODEL, "--out", str(tmp_path / "g")])
-    assert args.func is golden.golden_command and not args.float64
-    assert golden.golden_command(args) == 0
+    assert args.func is cli.cmd_golden and not args.float64
+    assert cli.cmd_golden(args) == 0
     out = capsys.readouterr().out
     assert "tensors.safetensors" in out and "hidden_states.4" in out
     assert golden.check_bundle(tmp_path / "g").ok
 
     args = parser.parse_args(["golden", PHOTOS[0], "--model", str(tmp_path / "nothing"), "--out", str(tmp_path / "x")])
-    assert golden.golden_command(args) == 2 and not (tmp_path / "x").exists()
+    assert cli.cmd_golden(args) == 2 and not (tmp_path / "x").exists()
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"\x89PNG not really")
     args = parser.parse_args(["golden", str(broken), "--model", MODEL, "--out", str(tmp_path / "y")])
-    assert golden.golden_command(args) == 1 and not (tmp_path / "y" / "manifest.json").exists()
+    assert cli.cmd_golden(args) == 1 and not (tmp_path / "y" / "manifest.json").exists()
     assert "broken.png" in capsys.readouterr().err
 
 

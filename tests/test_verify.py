@@ -2,7 +2,6 @@
 so the logic is tested on the micro fixture, with an expectation computed by transformers (its
 own processor and model), rounded to 4 decimals as the published values are."""
 
-import argparse
 import dataclasses
 from pathlib import Path
 
@@ -10,9 +9,9 @@ import pytest
 
 import convnext_np as cnp
 from conftest import FIXTURES
-from convnext_np import published
+from convnext_np import cli, published
 from convnext_np.checkpoints import find_checkpoint
-from convnext_np.published import PUBLISHED, Expected, verify, verify_command
+from convnext_np.published import PUBLISHED, Expected, verify
 
 IMAGE = str(Path(__file__).parent / "data" / "images" / "chelsea.png")
 MODEL = str(FIXTURES / "hf-safetensors")
@@ -56,11 +55,9 @@ def test_verify_passes_against_transformers_and_fails_when_perturbed(model, fixt
 
 
 def run(capsys, table, *argv):
-    parser = argparse.ArgumentParser()
-    published.add_verify_parser(parser.add_subparsers())
-    args = parser.parse_args(["verify", *argv])
-    assert args.func is verify_command
-    code = verify_command(args, table=table)
+    args = cli.build_parser().parse_args(["verify", *argv])
+    assert args.func is cli.cmd_verify
+    code = cli.cmd_verify(args, table=table)
     out, err = capsys.readouterr()
     return code, out, err
 
@@ -110,7 +107,7 @@ def test_usage_errors(capsys, fixture_expectation, tmp_path):
 
 def test_a_hub_cache_path_names_its_checkpoint():
     path = "/home/u/.cache/huggingface/hub/models--facebook--convnext-tiny-224/snapshots/abc"
-    assert published._checkpoint_of(path) == "facebook/convnext-tiny-224"
+    assert published.checkpoint_of_path(path) == "facebook/convnext-tiny-224"
 
 
 def test_published_table_matches_the_spec_and_the_checkpoint_table():
