@@ -54,21 +54,22 @@ def load_model(model=None, backend: str = "auto") -> ConvNeXt:
     return from_pretrained(DEFAULT_MODEL if model is None else model, backend=backend)
 
 
-def iter_classify(images, model: ConvNeXt, top_k: int = 5, batch_size: int = 8):
-    """Yield ``(image, predictions, error)`` per image, in order; a bad image yields its
-    :class:`ImageError` and the rest go on. At most ``batch_size`` images are in memory at once."""
-    if model.config.num_labels == 0:
-        raise ValueError(f"{model.source}: this model has no classification head (a "
-                         f"{model.config.model_type} feature extractor), so it cannot classify; "
-                         "its features are model(pixel_values).pooled (or .feature_maps)")
-    if top_k < 1 or batch_size < 1:
-        raise ValueError(f"top_k and batch_size must be at least 1, got {top_k} and {batch_size}")
+def iter_forward(images, model: ConvNeXt, batch_size: int = 8):
+    """Yield ``(image, logits, pooled, error)`` per image, in order: the image's row of the
+    model's ``logits`` and ``pooled`` (None where the model has none), or, for an image that
+    cannot be read, its :class:`ImageError`, and the rest go on. Images are preprocessed by
+    ``model.preprocessor`` and go through the model ``batch_size`` at a time, so at most that
+    many are in memory at once. The one loop from images to outputs: classify, the CLI's
+    features, fit_head's features and the Spark stage all run it."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     pending = []  # (image, pixel_values)
 
     def flush():
-        probs = softmax(model(np.stack([x for _, x in pending])).logits)
-        for (image, _), p in zip(pending, probs):
-            yield image, top_k_predictions(p, model.config.id2label, top_k), None
+        out = model(np.stack([x for _, x in pending]))
+        for j, (image, _) in enumerate(pending):
+            yield (image, None if out.logits is None else out.logits[j],
+                   None if out.pooled is None else out.pooled[j], None)
         pending.clear()
 
     for image in images:
@@ -76,12 +77,38 @@ def iter_classify(images, model: ConvNeXt, top_k: int = 5, batch_size: int = 8):
             pending.append((image, model.preprocessor.preprocess(image)))
         except ImageError as e:
             yield from flush() if pending else ()
-            yield image, None, e
+            yield image, None, None, e
             continue
         if len(pending) == batch_size:
             yield from flush()
     if pending:
         yield from flush()
+
+
+def require_head(model: ConvNeXt) -> None:
+    """Raise ValueError for a model without a classification head: it has features, not labels."""
+    if model.config.num_labels == 0:
+        raise ValueError(f"{model.source}: this model has no classification head (a "
+                         f"{model.config.model_type} feature extractor), so it cannot classify; "
+                         "its features are model(pixel_values).pooled (or .feature_maps)")
+
+
+def predictions(logits: np.ndarray, id2label: dict, top_k: int) -> list:
+    """The ``top_k`` :class:`Prediction` s of one image's logits (K,), best first."""
+    return top_k_predictions(softmax(logits), id2label, top_k)
+
+
+def iter_classify(images, model: ConvNeXt, top_k: int = 5, batch_size: int = 8):
+    """Yield ``(image, predictions, error)`` per image, in order; a bad image yields its
+    :class:`ImageError` and the rest go on (:func:`iter_forward`)."""
+    require_head(model)
+    if top_k < 1 or batch_size < 1:
+        raise ValueError(f"top_k and batch_size must be at least 1, got {top_k} and {batch_size}")
+    for image, logits, _, error in iter_forward(images, model, batch_size):
+        if error is not None:
+            yield image, None, error
+        else:
+            yield image, predictions(logits, model.config.id2label, top_k), None
 
 
 def classify(images, model=None, top_k: int = 5, batch_size: int = 8):

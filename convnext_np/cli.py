@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from . import golden, published
-from .classify import DEFAULT_MODEL, expand_paths, iter_classify, load_model
+from .classify import DEFAULT_MODEL, expand_paths, iter_classify, iter_forward, load_model
 from .config import V2_VARIANTS, VARIANTS, ConvNextConfig
 from .family import describe
 from .errors import ConvNextError, ImageError
@@ -169,20 +169,15 @@ def cmd_features(args) -> int:
         return EXIT_USAGE
     done, features, failed = [], [], 0
     progress = Progress(len(paths), _progress_enabled(args))
-    for start in range(0, len(paths), args.batch_size):
-        batch, pixels = [], []
-        for path in paths[start:start + args.batch_size]:
-            try:
-                pixels.append(model.preprocessor.preprocess(path))
-                batch.append(path)
-            except ImageError as e:
-                failed += 1
-                print(f"convnext-np: {e}", file=sys.stderr)
-            progress.step()
-        if pixels:
-            features.append(model(np.stack(pixels)).pooled)
-            done += batch
-    pooled = np.concatenate(features) if features else np.zeros((0, model.config.hidden_sizes[-1]), np.float32)
+    for path, _, pooled, error in iter_forward(paths, model, args.batch_size):
+        if error is not None:
+            failed += 1
+            print(f"convnext-np: {error}", file=sys.stderr)
+        else:
+            features.append(pooled)
+            done.append(path)
+        progress.step()
+    pooled = np.stack(features) if features else np.zeros((0, model.config.hidden_sizes[-1]), np.float32)
     names = [str(p) for p in done]
     if out.suffix == ".npy":
         np.save(out, pooled)

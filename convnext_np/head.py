@@ -31,8 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .classify import load_model
-from .errors import ImageError
+from .classify import iter_forward, load_model
 from .evaluate import describe_processor, read_dataset
 from .files import atomic_write
 from .model import ConvNeXt
@@ -127,44 +126,37 @@ def pooled_features(model: ConvNeXt, images, *, batch_size: int = 8, cache: Feat
                     progress=None):
     """``(features, kept, unreadable, computed)``: float32 (n, C) pooled features of the
     readable images, their positions in ``images``, ``(image, why)`` for the others, and how
-    many were computed rather than read from ``cache``."""
-    rows, unreadable, computed = {}, [], 0
-    pending = []  # (position, cache key, pixel_values)
-
-    def flush():
-        nonlocal computed
-        pooled = model(np.stack([x for _, _, x in pending])).pooled
-        for (i, key, _), row in zip(pending, pooled):
-            rows[i] = row
-            if cache is not None:
-                cache.put(key, row)
-        computed += len(pending)
-        pending.clear()
-
+    many were computed rather than read from ``cache``. ``progress`` is called once per image,
+    when it is done."""
+    images = list(images)
+    rows, unreadable, todo = {}, [], []  # todo: (position, cache key) of the images to compute
+    for i, image in enumerate(images):
+        key = image_key(image) if cache is not None else None
+        hit = cache.get(key) if cache is not None else None
+        if hit is None:
+            todo.append((i, key))
+            continue
+        rows[i] = hit
+        if progress is not None:
+            progress()
     try:
-        for i, image in enumerate(images):
-            key = image_key(image) if cache is not None else None
-            hit = cache.get(key) if cache is not None else None
-            if hit is not None:
-                rows[i] = hit
+        results = iter_forward([images[i] for i, _ in todo], model, batch_size)
+        for (i, key), (image, _, pooled, error) in zip(todo, results):
+            if error is not None:
+                unreadable.append((image, str(error)))
             else:
-                try:
-                    pending.append((i, key, model.preprocessor.preprocess(image)))
-                except ImageError as e:
-                    unreadable.append((image, str(e)))
-                if len(pending) == batch_size:
-                    flush()
+                rows[i] = pooled
+                if cache is not None:
+                    cache.put(key, pooled)
             if progress is not None:
                 progress()
-        if pending:
-            flush()
     finally:  # interrupted or not, what was computed is kept for the next run
         if cache is not None:
             cache.flush()
     kept = sorted(rows)
     width = model.config.hidden_sizes[-1]
     features = np.stack([rows[i] for i in kept]) if kept else np.zeros((0, width), np.float32)
-    return features.astype(np.float32, copy=False), kept, unreadable, computed
+    return features.astype(np.float32, copy=False), kept, unreadable, len(todo) - len(unreadable)
 
 
 # --- the classifier -----------------------------------------------------------------------------

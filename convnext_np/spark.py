@@ -28,7 +28,7 @@ probability of every class, keyed by its label (a label that names two classes i
 ten of them correctly.
 
 Execution is ``mapInArrow``: each Arrow batch goes through
-:func:`convnext_np.classify.iter_classify` in chunks of ``batchSize``. Each Python worker
+:func:`convnext_np.classify.iter_forward` in chunks of ``batchSize``. Each Python worker
 loads the model once (a module-level cache), from the path on the executor's disk, and uses
 ``spark.task.cpus`` threads. See ``docs/spark.md``.
 """
@@ -42,7 +42,7 @@ import io
 import math
 import os
 import threading
-from collections import Counter, deque
+from collections import Counter
 
 try:
     from pyspark import keyword_only
@@ -58,7 +58,7 @@ except ImportError as e:  # pragma: no cover - only without the extra
 import numpy as np
 
 from .backends import BACKENDS
-from .classify import DEFAULT_MODEL, iter_classify
+from .classify import DEFAULT_MODEL, iter_forward, predictions, require_head
 from .errors import ImageError
 from .guards import decoding
 from .model import MIN_INPUT_SIZE
@@ -375,20 +375,6 @@ def _task_cpus() -> int:
         return int(os.environ.get("OMP_NUM_THREADS", "1") or 1)
 
 
-class _Recording:
-    """The model as :func:`iter_classify` sees it, keeping each pass's pooled features."""
-
-    def __init__(self, model):
-        self.model, self.config = model, model.config
-        self.preprocessor, self.source = model.preprocessor, model.source
-        self.pooled = deque()
-
-    def __call__(self, pixel_values):
-        out = self.model(pixel_values)
-        self.pooled.extend(out.pooled)
-        return out
-
-
 def spark_image_to_array(height, width, n_channels, mode, data) -> np.ndarray:
     """An image data source row (``spark.read.format("image")``) as a uint8 array in RGB(A)
     order: (H, W) for 1 channel, (H, W, 3) or (H, W, 4); a view of ``data`` where possible.
@@ -462,8 +448,8 @@ def _classify_batch(settings, model, batch):
 
     n = batch.num_rows
     column = batch.column(settings.input_index)
-    predictions, errors, embeddings = [None] * n, [None] * n, [None] * n
-    fed = []  # row of each image handed to iter_classify, in order
+    outputs, errors, embeddings = [None] * n, [None] * n, [None] * n
+    fed = []  # row of each image handed to iter_forward, in order
 
     def images():
         for i in range(n):
@@ -475,26 +461,24 @@ def _classify_batch(settings, model, batch):
             fed.append(i)
             yield image
 
-    recording = _Recording(model)
     top_k = model.config.num_labels if settings.annotations else settings.top_k
     keys = _metadata_keys(model.config.id2label) if settings.annotations else None
-    results = iter_classify(images(), recording, top_k, settings.batch_size)
-    for k, (image, preds, error) in enumerate(results):
+    results = iter_forward(images(), model, settings.batch_size)
+    for k, (image, logits, pooled, error) in enumerate(results):
         i = fed[k]
         if error is not None:
             errors[i] = _message(error, image, _where(settings, batch, i))
             continue
+        preds = predictions(logits, model.config.id2label, top_k)
         if settings.annotations:
-            predictions[i] = [annotation(preds, keys)]
+            outputs[i] = [annotation(preds, keys)]
         else:
-            predictions[i] = [{"label": p.label, "index": p.index, "score": p.score} for p in preds]
-        pooled = recording.pooled.popleft()
+            outputs[i] = [{"label": p.label, "index": p.index, "score": p.score} for p in preds]
         if settings.embedding:
             embeddings[i] = pooled
-    assert not recording.pooled, "one pooled row per classified image"
 
     output_type = _arrow_annotation_type() if settings.annotations else _arrow_prediction_type()
-    arrays = [pa.array(predictions, type=output_type),
+    arrays = [pa.array(outputs, type=output_type),
               pa.array(errors, type=pa.string())]
     if settings.embedding:
         arrays.append(pa.array(embeddings, type=pa.list_(pa.float32())))  # float32 rows or None
@@ -556,6 +540,7 @@ def _arrow_annotation_type():
 def _classify_batches(settings, batches):
     """The mapInArrow function: runs in the executor's Python worker, once per partition."""
     model = _get_model(settings.model_path, settings.backend, settings.overrides)
+    require_head(model)
     cpus = _task_cpus()
     _set_threads(cpus, model.backend)
     model = copy.copy(model)  # the cached model, run on this task's threads (convnext_np.threads)
