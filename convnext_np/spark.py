@@ -56,6 +56,7 @@ except ImportError as e:  # pragma: no cover - only without the extra
                       "pip install 'convnext-np[spark]'") from e
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from .backends import BACKENDS
 from .classify import DEFAULT_MODEL, iter_forward, predictions, require_head
@@ -345,19 +346,14 @@ def _set_threads(cpus: int, backend: str) -> None:
     BLAS: OpenBLAS sizes its pool when numpy is first imported, which in a Spark worker is
     before any task code runs; Spark starts each Python worker with ``OMP_NUM_THREADS`` set
     to ``spark.task.cpus`` (unless ``spark.executorEnv.OMP_NUM_THREADS`` says otherwise), which
-    OpenBLAS honours. threadpoolctl, when installed, enforces the count at run time too (for an
+    OpenBLAS honours. threadpoolctl enforces the count at run time too (for an
     ``OPENBLAS_NUM_THREADS``/``MKL_NUM_THREADS`` left in the executor's environment). Numba's
     pool is set with ``numba.set_num_threads`` (it reads only ``NUMBA_NUM_THREADS``).
     """
     global _THREADS
     if _THREADS == (cpus, backend):
         return
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        pass
-    else:
-        threadpool_limits(limits=cpus)
+    threadpool_limits(limits=cpus)
     if backend == "numba":
         import numba
 

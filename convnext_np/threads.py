@@ -5,57 +5,50 @@
   ``NUMBA_NUM_THREADS``, or ``OMP_NUM_THREADS`` when only that is set. ``numba.set_num_threads``
   applies to the calling thread only, so the count is set per call, in whichever thread makes
   it, and restored afterwards; callers in other threads keep their own counts.
-- numpy backend: NumPy's OpenBLAS has one process-wide thread count (set through ctypes). While
-  calls with ``num_threads`` run, it is the smallest count any of them asked for; when the last
-  of them returns, it is restored to what it was before the first began, so concurrent callers
-  cannot leave it changed. Without ``num_threads``, OpenBLAS follows ``OPENBLAS_NUM_THREADS`` /
-  ``OMP_NUM_THREADS``, read when NumPy is imported.
+- numpy backend: the BLAS behind NumPy's matrix products has one process-wide thread count.
+  threadpoolctl sets it, whichever BLAS it is (OpenBLAS, MKL, BLIS, Apple's Accelerate...),
+  for every BLAS library loaded in the process when the first call with ``num_threads`` runs;
+  NumPy's is among them, since NumPy is imported before any call. While calls with
+  ``num_threads`` run, the count is the smallest any of them asked for; when the last of them
+  returns, each library's count is restored to what it was before the first began, so
+  concurrent callers cannot leave it changed. Without ``num_threads``, the BLAS follows its
+  environment variables (``OPENBLAS_NUM_THREADS``, ``MKL_NUM_THREADS``, ``OMP_NUM_THREADS``),
+  read when NumPy is imported.
 
-threadpoolctl could set the BLAS count too, but it is process-wide in the same way and would
-not remove the need for the bookkeeping below; the few ctypes lines keep the runtime
-dependencies as they are.
+threadpoolctl's own ``threadpool_limits`` sets and restores the count around one block, which is
+right for one caller; calls that overlap in several threads need the bookkeeping below, or the
+first to return would restore the count under the others.
 """
 
 from __future__ import annotations
 
 import collections
 import contextlib
-import ctypes
 import os
 import threading
 
-import numpy as np
-
-_BLAS_SYMBOLS = [("scipy_openblas_get_num_threads64_", "scipy_openblas_set_num_threads64_"),
-                 ("scipy_openblas_get_num_threads", "scipy_openblas_set_num_threads"),
-                 ("openblas_get_num_threads64_", "openblas_set_num_threads64_"),
-                 ("openblas_get_num_threads", "openblas_set_num_threads")]
-
-
-def _numpy_blas():
-    """(get, set) of the thread count of NumPy's own OpenBLAS, or None for another BLAS."""
-    core = getattr(np, "_core", None) or np.core
-    try:
-        lib = ctypes.CDLL(core._multiarray_umath.__file__)  # dlsym also searches its dependencies
-    except OSError:
-        return None
-    for get_name, set_name in _BLAS_SYMBOLS:
-        get, put = getattr(lib, get_name, None), getattr(lib, set_name, None)
-        if get is not None and put is not None:
-            put.argtypes = [ctypes.c_int]
-            return get, put
-    return None
-
-
-_BLAS = _numpy_blas()
+_BLAS = None  # threadpoolctl's controllers of the loaded BLAS libraries, made on first use
 _BLAS_LOCK = threading.Lock()
 _BLAS_ACTIVE = collections.Counter()  # num_threads of the calls running now -> how many
-_BLAS_SAVED = None  # the count before the first of them began
+_BLAS_SAVED = None  # each library's count before the first of them began
+
+
+def _blas_libraries() -> list:
+    """threadpoolctl's controller of each BLAS library loaded in the process (found once:
+    looking them up takes milliseconds)."""
+    global _BLAS
+    if _BLAS is None:
+        from threadpoolctl import ThreadpoolController
+
+        _BLAS = ThreadpoolController().select(user_api="blas").lib_controllers
+    return _BLAS
 
 
 def blas_threads() -> int | None:
-    """The thread count of NumPy's OpenBLAS now (None where NumPy uses another BLAS)."""
-    return None if _BLAS is None else _BLAS[0]()
+    """The BLAS thread count now (the smallest, where several BLAS libraries are loaded); None
+    where threadpoolctl finds no BLAS."""
+    counts = [lib.num_threads for lib in _blas_libraries()]
+    return min(counts) if counts else None
 
 
 def check(num_threads) -> int | None:
@@ -93,7 +86,7 @@ def limit(backend: str, num_threads: int | None):
             yield
         finally:
             numba.set_num_threads(previous)
-    elif num_threads is not None and _BLAS is not None:
+    elif num_threads is not None:
         _blas_enter(num_threads)
         try:
             yield
@@ -105,18 +98,34 @@ def limit(backend: str, num_threads: int | None):
 
 def _blas_enter(num_threads: int) -> None:
     global _BLAS_SAVED
-    get, put = _BLAS
     with _BLAS_LOCK:
+        libraries = _blas_libraries()
         if not _BLAS_ACTIVE:
-            _BLAS_SAVED = get()
+            _BLAS_SAVED = [lib.num_threads for lib in libraries]
         _BLAS_ACTIVE[num_threads] += 1
-        put(min(_BLAS_ACTIVE))
+        _set_blas([min(_BLAS_ACTIVE)] * len(libraries))
 
 
 def _blas_exit(num_threads: int) -> None:
-    _, put = _BLAS
     with _BLAS_LOCK:
         _BLAS_ACTIVE[num_threads] -= 1
         if not _BLAS_ACTIVE[num_threads]:
             del _BLAS_ACTIVE[num_threads]
-        put(min(_BLAS_ACTIVE) if _BLAS_ACTIVE else _BLAS_SAVED)
+        _set_blas([min(_BLAS_ACTIVE)] * len(_BLAS) if _BLAS_ACTIVE else _BLAS_SAVED)
+
+
+def _set_blas(counts) -> None:
+    """Set each BLAS library's count; the caller holds ``_BLAS_LOCK``.
+
+    Recent threadpoolctl lets one thread at a time set the count of an OpenBLAS without OpenMP
+    (its "controlling thread"; a call from any other thread is silently ignored). Calls here
+    come from whichever thread runs the model, one at a time under the lock, so each takes
+    control (``clear_controlling_thread(force=True)``), sets, and lets go again.
+    """
+    for lib, count in zip(_BLAS, counts):
+        control = getattr(lib, "clear_controlling_thread", None)  # absent before that change
+        if control is not None:
+            control(force=True)
+        lib.set_num_threads(count)
+        if control is not None:
+            control()

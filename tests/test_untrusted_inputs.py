@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import threadpoolctl
 from PIL import Image
 from safetensors.numpy import load_file, save_file
 
@@ -563,7 +564,7 @@ def probe_threads(monkeypatch, backend, probe):
 
 def test_concurrent_num_threads_calls_restore_blas(monkeypatch):
     if threads.blas_threads() is None:
-        pytest.skip("NumPy does not use OpenBLAS here")
+        pytest.skip("threadpoolctl finds no BLAS here")
     before = threads.blas_threads()
     seen = probe_threads(monkeypatch, "numpy", threads.blas_threads)
     models = {n: cnp.from_pretrained(MODEL, backend="numpy", num_threads=n) for n in (1, 2)}
@@ -583,11 +584,10 @@ def test_overlapping_num_threads_calls_restore_blas_in_any_order(monkeypatch):
     """A (1 thread) starts, B (2 threads) starts, A returns, B returns: the count must come back
     to what it was before A, not to the 1 that B found when it started."""
     if threads.blas_threads() is None:
-        pytest.skip("NumPy does not use OpenBLAS here")
+        pytest.skip("threadpoolctl finds no BLAS here")
     from convnext_np import backends
 
-    original = threads.blas_threads()
-    threads._BLAS[1](3)  # a count that neither call asks for
+    blas = threadpoolctl.threadpool_limits(limits=3, user_api="blas")  # a count neither call asks for
     a_in, b_in, a_out = threading.Event(), threading.Event(), threading.Event()
     module = backends.get("numpy")
     pool, seen = module.global_avg_pool, {}
@@ -620,7 +620,7 @@ def test_overlapping_num_threads_calls_restore_blas_in_any_order(monkeypatch):
         assert seen == {"A": 1, "B": 1, "B after A": 2}  # the smallest count while both run
         assert threads.blas_threads() == 3
     finally:
-        threads._BLAS[1](original)
+        blas.restore_original_limits()
 
 
 def test_omp_num_threads_reaches_numba_in_every_calling_thread(monkeypatch):
