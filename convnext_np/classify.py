@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import ImageError
+from .loading import from_pretrained
 from .model import ConvNeXt
 
 DEFAULT_MODEL = "facebook/convnext-tiny-224"
@@ -49,8 +50,6 @@ def load_model(model=None, backend: str = "auto") -> ConvNeXt:
     """``model`` if it is loaded already, else ``from_pretrained(model or DEFAULT_MODEL)``."""
     if isinstance(model, ConvNeXt):
         return model
-    from .loading import from_pretrained
-
     return from_pretrained(DEFAULT_MODEL if model is None else model, backend=backend)
 
 

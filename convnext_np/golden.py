@@ -30,10 +30,12 @@ import numpy as np
 
 from . import model as model_mod
 from . import ops
+from .classify import load_model
 from .errors import ConvNextError, ImageError
 from .files import atomic_write, find_weights, shard_names
 from .guards import read_json_file
 from .model import ConvNeXt, ConvNextOutput
+from .safetensors_file import SafetensorsFile
 from .testing import HIDDEN_RTOL, LOGITS_ATOL, PIXEL_ATOL, POOLED_ATOL
 from .version import __version__
 
@@ -205,8 +207,6 @@ def write_bundle(images, model, out_dir, float64: bool = False, *, name: str | N
     takes. ``name``: what the manifest calls the model (default: how it was given). Raises
     :class:`ImageError` for an image that cannot be read; nothing is written then.
     """
-    from .classify import load_model
-
     if name is None:
         name = model.source if isinstance(model, ConvNeXt) else str(model)
     model = load_model(model, backend="numpy")
@@ -303,8 +303,6 @@ class BundleReport:
 
 def read_bundle(bundle_dir) -> tuple:
     """(manifest, name -> array) of a bundle; arrays as stored (read-only, memory-mapped)."""
-    from .safetensors_file import SafetensorsFile
-
     bundle_dir = Path(bundle_dir)
     manifest = read_json_file(bundle_dir / MANIFEST_FILE, "the manifest", ConvNextError)
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT \
@@ -356,8 +354,6 @@ def check_bundle(bundle_dir, model=None, *, float64: bool | None = None) -> Bund
     manifest's own source (else its name). Its files are checked against the manifest's sha256
     where both are known. ``float64``: re-run in float64 (default: as the bundle was made).
     """
-    from .classify import load_model
-
     manifest, stored = read_bundle(bundle_dir)
     float64 = manifest["compute"]["dtype"] == "float64" if float64 is None else float64
     report = BundleReport(str(bundle_dir), "float64" if float64 else "float32")

@@ -62,7 +62,8 @@ from .backends import BACKENDS
 from .classify import DEFAULT_MODEL, iter_forward, predictions, require_head
 from .errors import ImageError
 from .guards import decoding
-from .model import MIN_INPUT_SIZE
+from .loading import from_pretrained
+from .model import MIN_INPUT_SIZE, ConvNeXt
 from .preprocess import ImageProcessor
 
 __all__ = ["ImageClassifier", "PREDICTION_TYPE", "spark_image_to_array"]
@@ -317,9 +318,6 @@ def _resolve_model_path(model_path: str) -> str:
 
 def _get_model(model_path: str, backend: str = "auto", overrides=()):
     """The cached model for ``(model_path, backend, overrides)``, loaded on first use."""
-    from .loading import from_pretrained
-    from .model import ConvNeXt
-
     key = (model_path, backend, tuple(overrides))
     with _LOCK:
         if key in _MODELS:

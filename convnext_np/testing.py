@@ -13,6 +13,8 @@ import zlib
 
 import numpy as np
 
+from .weights import make_divisible  # the tiered stem's width, as timm computes it
+
 # Agreement with the reference implementations (transformers, timm) in float32.
 LOGITS_ATOL = 2e-4  # absolute, on logits
 POOLED_ATOL = 2e-4  # absolute, on the pooled (final-LayerNorm) features
@@ -70,8 +72,6 @@ def timm_state_dict_shapes(depths, dims, num_classes, *, stem_type="patch", norm
     """name -> shape of a timm ``ConvNeXt`` state dict (``timm/models/convnext.py``), for any of
     timm's structural variants; with :func:`realistic_state_dict`, a timm checkpoint without timm.
     The live tests check these names and shapes against timm's own models."""
-    from .weights import make_divisible  # the tiered stem's width, as timm computes it
-
     bias = norm_layer == "layernorm"  # timm's SimpleNorm has a weight only
 
     def norm(prefix, c):
