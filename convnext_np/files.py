@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -102,15 +103,19 @@ def atomic_write(path: Path, writer) -> None:
     interrupted write leaves what was there. The folder is created if needed.
 
     The file gets the mode any new file of the user gets (0666 less the umask), as if written in
-    place: the temporary file is created with ``os.open(..., 0o666)``, which applies the umask,
-    where ``tempfile.mkstemp`` would make it 0600.
+    place, where ``tempfile.mkstemp`` would make it 0600: the temporary file is created with
+    ``os.open(..., 0o666)``, which applies the umask, and its mode is set again after
+    ``writer``, which may have replaced the file (safetensors' ``save_file`` leaves it 0600).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
-    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    mode = stat.S_IMODE(os.fstat(fd).st_mode)
+    os.close(fd)
     try:
         writer(str(tmp))
+        os.chmod(tmp, mode)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

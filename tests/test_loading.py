@@ -1,9 +1,12 @@
 """Loading is strict and all-or-nothing; every error names the file, the key and the shapes."""
 
 import json
+import os
 import shutil
+import stat
 import struct
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,7 +16,7 @@ from safetensors.numpy import save_file
 import convnext_np as cnp
 from conftest import FIXTURES
 from convnext_np import torch_pickle, weights
-from convnext_np.loading import read_state_dict
+from convnext_np.files import atomic_write, read_state_dict
 from convnext_np.safetensors_file import SafetensorsFile
 from convnext_np.testing import random_pixels
 
@@ -152,6 +155,29 @@ def test_save_pretrained_round_trips(tmp_path):
     assert again.config.layer_norm_eps == model.config.layer_norm_eps == 1e-6
     x = random_pixels((1, 3, 64, 64))
     assert_array_equal(again(x).logits, model(x).logits)
+
+
+def test_written_files_get_the_umask_mode_and_a_failed_write_keeps_the_old_file(tmp_path):
+    """Every file convnext_np writes goes through files.atomic_write: the mode of any new file of
+    the user (not mkstemp's 0600), and a writer that fails leaves the old file and no temporary."""
+    model = cnp.from_pretrained(HF, backend="numpy")
+    old = os.umask(0o027)
+    try:
+        model.save_pretrained(tmp_path / "saved")
+    finally:
+        os.umask(old)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "saved").iterdir()}
+    assert modes == dict.fromkeys(["config.json", "model.safetensors", "preprocessor_config.json"], 0o640)
+    target = tmp_path / "saved" / "config.json"
+    before = target.read_bytes()
+
+    def broken(path):
+        Path(path).write_text("half a config")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        atomic_write(target, broken)
+    assert target.read_bytes() == before and sorted(os.listdir(tmp_path / "saved")) == sorted(modes)
 
 
 # --- the safetensors reader -------------------------------------------------------------------
