@@ -5,6 +5,9 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "weights" / "fixtures"
 REFERENCE = ROOT / "weights" / "reference"
+# The test photos; a test that needs a particular one names it (IMAGE_DIR / "chelsea.png").
+IMAGE_DIR = ROOT / "tests" / "data" / "images"
+ALL_IMAGES = sorted(IMAGE_DIR.iterdir())
 
 # layout -> what from_pretrained is given (a directory, or a bare file inside it)
 LAYOUT_SOURCES = {

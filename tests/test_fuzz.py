@@ -29,11 +29,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import convnext_np as cnp
-from conftest import FIXTURES
+from conftest import FIXTURES, IMAGE_DIR
 from convnext_np import torch_pickle
 from convnext_np.preprocess import ImageProcessor
 from convnext_np.safetensors_file import SafetensorsFile
-from test_preprocess import IMAGES
 from torchfile import Tensor, write_checkpoint
 
 BUDGET_SECONDS = 30  # one example; the slowest legitimate ones take well under a second
@@ -205,7 +204,7 @@ def test_fuzz_image_bytes(workdir, fuzz_examples, name):
     from PIL import Image
     source = workdir / f"orig-{name}"
     if not source.exists():
-        base = Image.open(IMAGES[1]).convert("RGB").resize((64, 48))
+        base = Image.open(IMAGE_DIR / "chelsea.png").convert("RGB").resize((64, 48))
         if name == "anim.gif":
             base.save(source, save_all=True, append_images=[base.rotate(90)])
         elif name == "pages.tiff":
