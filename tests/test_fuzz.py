@@ -10,6 +10,12 @@ are oversized; JSON nested deeper than any real file.
 
 Bounded for CI (40 examples per test). For a long run:
 ``pytest tests/test_fuzz.py --fuzz-examples 1500``.
+
+Replaying: with ``CI`` set the examples are derandomized (the same on every run, chosen from
+each test's code); otherwise the run's seed is printed in pytest's header
+(``hypothesis: seed 1234567; replay this run with --hypothesis-seed=1234567``), and passing it
+back draws the same examples, so a failure from a long run can be reproduced
+(``tests/conftest.py``).
 """
 
 import json
@@ -95,7 +101,7 @@ SMALL_IMAGES = {}
 
 
 def fuzz_settings(request_examples):
-    return settings(max_examples=request_examples, deadline=None, derandomize=False,
+    return settings(max_examples=request_examples, deadline=None,  # derandomized in CI: conftest
                     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 
 
