@@ -1,5 +1,6 @@
 """ImageProcessor: pixel parity with transformers on real photos, and every input kind."""
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -26,6 +27,27 @@ def test_pixel_parity_with_transformers(size, crop_pct):
         got = ours(path)
         assert got.shape == (1, 3, size, size) and got.dtype == np.float32
         assert_allclose(got, expected, rtol=0, atol=PIXEL_ATOL, err_msg=path.name)
+
+
+HF_PIXELS = Path(__file__).parent / "data" / "hf_pixel_values.npz"
+
+
+def hf_pixel_cases():
+    with np.load(HF_PIXELS) as f:
+        meta = json.loads(str(f["meta"]))
+        return [pytest.param(case, f[key], meta["sha256"][case["image"]], id=key)
+                for key, case in meta["cases"].items()]
+
+
+@pytest.mark.parametrize("case, expected, sha256", hf_pixel_cases())
+def test_pixel_parity_with_committed_transformers_output(case, expected, sha256):
+    """The same claim without transformers: its pixel_values, made by tests/data/make_hf_pixels.py."""
+    path = IMAGE_DIR / case["image"]
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == sha256, \
+        f"{path.name} changed since its pixel_values were made: rerun tests/data/make_hf_pixels.py"
+    got = ImageProcessor(size=case["size"], crop_pct=case["crop_pct"])(path)
+    assert got.dtype == np.float32 and got.shape == (1, *expected.shape)
+    assert_allclose(got[0], expected, rtol=0, atol=PIXEL_ATOL, err_msg=path.name)
 
 
 def test_inputs_of_every_kind_agree():
