@@ -494,6 +494,18 @@ def test_a_resumed_file_is_verified_whole(fake, cache):
         SAFETENSORS["model.safetensors"]
 
 
+def test_a_kept_file_that_is_already_whole_is_fetched_again(fake, cache):
+    """Range from its end is refused (416): start over rather than fail."""
+    fake.add("org/tiny", SAFETENSORS)
+    blobs = cache / "models--org--tiny" / "blobs"
+    blobs.mkdir(parents=True)
+    (blobs / f"{SHA_ST}.incomplete").write_bytes(SAFETENSORS["model.safetensors"])
+    snapshot = hub.resolve("org/tiny")
+    assert ranges_asked(fake, "model.safetensors") == [None, "bytes=309320-", None, None]
+    assert (snapshot / "model.safetensors").read_bytes() == SAFETENSORS["model.safetensors"]
+    assert not any(".incomplete" in p for p in files_in(cache))
+
+
 def test_a_dropped_shard_keeps_the_verified_shards_for_the_next_run(fake, cache):
     fake.add("org/sharded", SHARDED)
     fake.faults["model-00007-of-00011.safetensors"] = "drop"
