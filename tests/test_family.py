@@ -169,8 +169,8 @@ def test_original_dinov3_file_keeps_norms3_out_of_the_model():
 
 def test_timm_architecture_name_must_match_the_structure(tmp_path):
     """zepto's sizes, but LayerNorm (with bias) where convnext_zepto_rms has SimpleNorm."""
-    depths, dims = VARIANTS["zepto"][:2]
-    save_file(realistic_state_dict(timm_state_dict_shapes(depths, dims, 10, conv_mlp=True)),
+    zepto = VARIANTS["zepto"]
+    save_file(realistic_state_dict(timm_state_dict_shapes(zepto.depths, zepto.hidden_sizes, 10, conv_mlp=True)),
               str(tmp_path / "model.safetensors"))
     (tmp_path / "config.json").write_text(json.dumps({"architecture": "convnext_zepto_rms", "num_classes": 10}))
     with pytest.raises(cnp.WeightsError, match="norm_layer 'simplenorm' \\(the tensors have 'layernorm'\\)"):
