@@ -25,33 +25,31 @@ from .errors import WeightsError
 from .guards import check_num_labels, read_json_file
 
 class Variant(NamedTuple):
-    """One size of ConvNeXt: blocks and width per stage, how timm stores the pointwise MLP
-    (``conv_mlp``: as 1x1 convs, which the loader reads like Linear weights) and the eps of every
-    LayerNorm (timm's ``norm_eps``)."""
+    """One size of ConvNeXt: blocks and width per stage, and the eps of every LayerNorm (timm's
+    ``norm_eps``)."""
 
     depths: tuple
     hidden_sizes: tuple
-    conv_mlp: bool
     norm_eps: float
 
 
-# Paper Table 9 and timm's convnext.py; the timm originals (atto .. nano) have conv_mlp=True.
+# Paper Table 9 and timm's convnext.py (zepto .. nano are timm's own).
 VARIANTS = {
-    "zepto": Variant((2, 2, 4, 2), (32, 64, 128, 256), True, 1e-6),
-    "atto": Variant((2, 2, 6, 2), (40, 80, 160, 320), True, 1e-6),
-    "femto": Variant((2, 2, 6, 2), (48, 96, 192, 384), True, 1e-6),
-    "pico": Variant((2, 2, 6, 2), (64, 128, 256, 512), True, 1e-6),
-    "nano": Variant((2, 2, 8, 2), (80, 160, 320, 640), True, 1e-6),
-    "tiny": Variant((3, 3, 9, 3), (96, 192, 384, 768), False, 1e-6),
-    "small": Variant((3, 3, 27, 3), (96, 192, 384, 768), False, 1e-6),
-    "base": Variant((3, 3, 27, 3), (128, 256, 512, 1024), False, 1e-6),
-    "large": Variant((3, 3, 27, 3), (192, 384, 768, 1536), False, 1e-6),
-    "xlarge": Variant((3, 3, 27, 3), (256, 512, 1024, 2048), False, 1e-6),
-    "xxlarge": Variant((3, 4, 30, 3), (384, 768, 1536, 3072), False, 1e-5),
+    "zepto": Variant((2, 2, 4, 2), (32, 64, 128, 256), 1e-6),
+    "atto": Variant((2, 2, 6, 2), (40, 80, 160, 320), 1e-6),
+    "femto": Variant((2, 2, 6, 2), (48, 96, 192, 384), 1e-6),
+    "pico": Variant((2, 2, 6, 2), (64, 128, 256, 512), 1e-6),
+    "nano": Variant((2, 2, 8, 2), (80, 160, 320, 640), 1e-6),
+    "tiny": Variant((3, 3, 9, 3), (96, 192, 384, 768), 1e-6),
+    "small": Variant((3, 3, 27, 3), (96, 192, 384, 768), 1e-6),
+    "base": Variant((3, 3, 27, 3), (128, 256, 512, 1024), 1e-6),
+    "large": Variant((3, 3, 27, 3), (192, 384, 768, 1536), 1e-6),
+    "xlarge": Variant((3, 3, 27, 3), (256, 512, 1024, 2048), 1e-6),
+    "xxlarge": Variant((3, 4, 30, 3), (384, 768, 1536, 3072), 1e-5),
 }
 # ConvNeXt V2 (Woo et al. 2023) comes in the same sizes (atto .. nano with timm's 1x1-conv MLP)
 # and one more, huge.
-V2_VARIANTS = {**VARIANTS, "huge": Variant((3, 3, 27, 3), (352, 704, 1408, 2816), False, 1e-6)}
+V2_VARIANTS = {**VARIANTS, "huge": Variant((3, 3, 27, 3), (352, 704, 1408, 2816), 1e-6)}
 
 
 # timm's ``stem_type``: the paper's 4x4 patchify, or two overlapping 3x3 convs of stride 2

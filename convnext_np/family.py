@@ -19,8 +19,8 @@ PAPER = {**STRUCTURE_DEFAULTS, "hidden_act": "gelu"}
 # timm's unit-test models (``test_convnext``, ``test_convnext2``, ``test_convnext3``): norm_eps
 # 1e-5 in every LayerNorm, head included. Sizes of their own, not variants one asks for by name.
 TEST_VARIANTS = {
-    "test": Variant((1, 2, 4, 2), (24, 32, 48, 64), False, 1e-5),
-    "test2": Variant((1, 1, 1, 1), (32, 64, 96, 128), False, 1e-5),
+    "test": Variant((1, 2, 4, 2), (24, 32, 48, 64), 1e-5),
+    "test2": Variant((1, 1, 1, 1), (32, 64, 96, 128), 1e-5),
 }
 
 _OLS_TIERED = {"stem_type": "overlap_tiered"}
