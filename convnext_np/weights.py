@@ -19,7 +19,7 @@ import re
 
 import numpy as np
 
-from .config import VARIANTS, ConvNextConfig
+from .config import STRUCTURE_DEFAULTS, VARIANTS, ConvNextConfig
 from .errors import WeightsError
 
 _STAGE = r"convnext.encoder.stages.\1"
@@ -469,7 +469,7 @@ def no_transformers_class(config: ConvNextConfig) -> str | None:
     """Why no transformers class holds ``config``'s model (timm's structural variants), or None."""
     odd = [f"{k}={getattr(config, k)!r}" for k in ("stem_type", "norm_layer", "head_norm_first",
                                                    "head_hidden_size", "kernel_sizes")
-           if getattr(config, k) != ConvNextConfig.__dataclass_fields__[k].default]
+           if getattr(config, k) != STRUCTURE_DEFAULTS[k]]
     return f"timm's {', '.join(odd)} has no transformers equivalent" if odd else None
 
 
