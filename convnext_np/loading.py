@@ -222,7 +222,9 @@ def _is_backbone(config_json: dict) -> bool:
 def _check_against_config(config: ConvNextConfig, arch: dict, config_path, where: str) -> None:
     """The tensors must be what ``config.json`` describes (sizes, head, structure)."""
     found = {"model_type": "convnext", **arch, **arch["structure"]}
-    for field in ("model_type", "depths", "hidden_sizes", "num_labels", *arch["structure"]):
+    # Kernel sizes are shapes: check_tensors names the tensor whose shape the config does not fit.
+    for field in ("model_type", "depths", "hidden_sizes", "num_labels",
+                  *(k for k in arch["structure"] if k != "kernel_sizes")):
         if getattr(config, field) != found[field]:
             raise WeightsError(f"{config_path}: {field} is {getattr(config, field)!r}, "
                                f"but the tensors in {where} have {found[field]!r}")

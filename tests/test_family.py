@@ -5,6 +5,7 @@ weights saved as that library saves them, and the outputs it computes on three i
 of 2, a non-square input, one whose sides are not multiples of 32).
 """
 
+import dataclasses
 import json
 import shutil
 
@@ -116,6 +117,22 @@ def test_bare_file_of_a_timm_test_model_cannot_show_its_activation(case):
     ref = SafetensorsFile(FAMILY / case / "reference.safetensors")
     x, want = ref.tensor("input0.pixel_values"), ref.tensor("input0.logits")
     assert np.abs(right(x).logits - want).max() < 2e-5 < 1e-4 < np.abs(bare(x).logits - want).max()
+
+
+def test_info_names_the_activation_and_kernel_sizes(capsys):
+    """``convnext-np info`` says what differs from the paper; the depthwise MACs follow the kernels."""
+    from convnext_np.cli import main
+    from convnext_np.summary import stage_rows
+
+    assert main(["info", str(FAMILY / "timm-test-convnext3")]) == 0
+    assert "structure: kernel_sizes [7, 5, 5, 3], hidden_act silu" in capsys.readouterr().out
+    assert main(["info", str(FAMILY / "timm-test-convnext")]) == 0
+    assert "structure: hidden_act gelu_pytorch_tanh" in capsys.readouterr().out
+    config = cnp.from_pretrained(FAMILY / "timm-test-convnext3").config
+    sevens = dataclasses.replace(config, kernel_sizes=[7, 7, 7, 7])
+    stage4, stage4_sevens = stage_rows(config)[4], stage_rows(sevens)[4]  # one 3x3 block, 128 ch, 7x7 map
+    assert stage4_sevens["macs"] - stage4["macs"] == 7 * 7 * 128 * (49 - 9)
+    assert stage4_sevens["params"] - stage4["params"] == 128 * (49 - 9)
 
 
 def test_a_timm_directory_with_the_wrong_activation_is_another_model(tmp_path):
