@@ -342,7 +342,8 @@ def test_timm_test_time_size():
     assert clip.image_mean == (0.48145466, 0.4578275, 0.40821073)
 
 
-@pytest.mark.parametrize("case", ["timm-ols-act-simplenorm", "timm-mlp-head", "hf-dinov3", "hf-backbone"])
+@pytest.mark.parametrize("case", ["timm-ols-act-simplenorm", "timm-mlp-head", "hf-dinov3", "hf-backbone",
+                                  "timm-test-convnext3"])
 def test_golden_bundles_for_the_family(case, tmp_path):
     """A golden bundle of each member checks out against a re-run, in float32 and float64."""
     from convnext_np import golden
