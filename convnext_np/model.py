@@ -250,7 +250,8 @@ class ConvNeXt:
         with threads.limit(backend, self.num_threads):
             hidden, pooled, logits = forward(
                 self.params, x, eps=c.norm_eps, head_eps=c.layer_norm_eps, ops=ops,
-                act=HIDDEN_ACTS[c.hidden_act], stem_type=c.stem_type, norm_layer=c.norm_layer, head_norm_first=c.head_norm_first)
+                act=HIDDEN_ACTS[c.hidden_act], stem_type=c.stem_type, norm_layer=c.norm_layer,
+                head_norm_first=c.head_norm_first)
             if self.out_features:
                 maps = feature_maps(hidden, self.params.get("backbone_norms"), self.out_features,
                                     pixels=x, ops=ops)

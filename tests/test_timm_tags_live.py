@@ -84,3 +84,28 @@ def test_tag_structure_loads_and_matches_timm(case, tmp_path):
         MAX_DIFFS[f"timm tag {arch} ({num_classes})"] = float(np.abs(out.logits - want).max())
     else:
         assert out.logits is None
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("act_layer, hidden_act", [("silu", "silu"), ("gelu_tanh", "gelu_pytorch_tanh"),
+                                                  ("gelu", "gelu")])
+def test_activation_reaches_the_stem_but_not_the_mlp_head(act_layer, hidden_act, tmp_path):
+    """No tag has both, but timm builds them: its act_layer is the overlap_act stem's activation
+    too, while the MLP head's stays GELU (NormMlpClassifierHead(act_layer='gelu')). With GELU, the
+    Numba backend's fused blocks run kernel sizes other than 7."""
+    model = timm.models.convnext.ConvNeXt(depths=MICRO["depths"], dims=MICRO["dims"], num_classes=5,
+                                          stem_type="overlap_act", head_hidden_size=24, act_layer=act_layer,
+                                          kernel_sizes=(3, 5, 7, 9)).eval()
+    sd = realistic_state_dict({k: tuple(v.shape) for k, v in model.state_dict().items()}, seed=3)
+    model.load_state_dict({k: torch.from_numpy(v) for k, v in sd.items()}, strict=True)
+    save_file(sd, str(tmp_path / "model.safetensors"))
+    for backend in ("numpy", "numba"):
+        ours = cnp.from_pretrained(tmp_path / "model.safetensors", backend=backend)
+        assert ours.config.kernel_sizes == [3, 5, 7, 9] and ours.config.stem_type == "overlap_act"
+        ours.config.hidden_act = hidden_act  # no tensor shows it (a bare file)
+        x = random_pixels((2, 3, 64, 64), 1)
+        want = model(torch.from_numpy(x)).numpy()
+        got = ours(x).logits
+        assert_allclose(got, want, rtol=0, atol=LOGITS_ATOL, strict=True)
+        MAX_DIFFS[f"timm ConvNeXt(act_layer={act_layer!r}, overlap_act, MLP head) [{backend}]"] = float(
+            np.abs(got - want).max())
