@@ -4,6 +4,8 @@ The fields are those of transformers' ``ConvNextConfig``; a ``config.json`` read
 every key it had (unknown ones in :attr:`ConvNextConfig.extra`) so that writing it back loses
 nothing. One field is ours: ``norm_eps``, the eps of every LayerNorm except the final one, which
 the paper's code fixes at 1e-6 and timm's ``convnext_xxlarge`` sets to 1e-5 (timm ``convnext.py``, ``norm_eps``).
+``hidden_act`` is transformers' field: ``"gelu"`` (the paper's), ``"gelu_pytorch_tanh"`` (timm's
+``"gelu_tanh"`` is taken as the same) or ``"silu"`` (:data:`HIDDEN_ACTS`).
 
 ``model_type`` names the family member as transformers does (``"convnext"``,
 ``"dinov3_convnext"``). A few more fields describe timm's structural variants, with timm's own
@@ -17,28 +19,37 @@ import dataclasses
 import json
 import os
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from .errors import WeightsError
 from .guards import check_num_labels, read_json_file
 
-# name: (depths, hidden_sizes, conv_mlp, norm_eps). Paper Table 9 and timm's convnext.py; the
-# timm originals (atto .. nano) store the pointwise MLP as 1x1 convs (conv_mlp=True).
+class Variant(NamedTuple):
+    """One size of ConvNeXt: blocks and width per stage, and the eps of every LayerNorm (timm's
+    ``norm_eps``)."""
+
+    depths: tuple
+    hidden_sizes: tuple
+    norm_eps: float
+
+
+# Paper Table 9 and timm's convnext.py (zepto .. nano are timm's own).
 VARIANTS = {
-    "zepto": ((2, 2, 4, 2), (32, 64, 128, 256), True, 1e-6),
-    "atto": ((2, 2, 6, 2), (40, 80, 160, 320), True, 1e-6),
-    "femto": ((2, 2, 6, 2), (48, 96, 192, 384), True, 1e-6),
-    "pico": ((2, 2, 6, 2), (64, 128, 256, 512), True, 1e-6),
-    "nano": ((2, 2, 8, 2), (80, 160, 320, 640), True, 1e-6),
-    "tiny": ((3, 3, 9, 3), (96, 192, 384, 768), False, 1e-6),
-    "small": ((3, 3, 27, 3), (96, 192, 384, 768), False, 1e-6),
-    "base": ((3, 3, 27, 3), (128, 256, 512, 1024), False, 1e-6),
-    "large": ((3, 3, 27, 3), (192, 384, 768, 1536), False, 1e-6),
-    "xlarge": ((3, 3, 27, 3), (256, 512, 1024, 2048), False, 1e-6),
-    "xxlarge": ((3, 4, 30, 3), (384, 768, 1536, 3072), False, 1e-5),
+    "zepto": Variant((2, 2, 4, 2), (32, 64, 128, 256), 1e-6),
+    "atto": Variant((2, 2, 6, 2), (40, 80, 160, 320), 1e-6),
+    "femto": Variant((2, 2, 6, 2), (48, 96, 192, 384), 1e-6),
+    "pico": Variant((2, 2, 6, 2), (64, 128, 256, 512), 1e-6),
+    "nano": Variant((2, 2, 8, 2), (80, 160, 320, 640), 1e-6),
+    "tiny": Variant((3, 3, 9, 3), (96, 192, 384, 768), 1e-6),
+    "small": Variant((3, 3, 27, 3), (96, 192, 384, 768), 1e-6),
+    "base": Variant((3, 3, 27, 3), (128, 256, 512, 1024), 1e-6),
+    "large": Variant((3, 3, 27, 3), (192, 384, 768, 1536), 1e-6),
+    "xlarge": Variant((3, 3, 27, 3), (256, 512, 1024, 2048), 1e-6),
+    "xxlarge": Variant((3, 4, 30, 3), (384, 768, 1536, 3072), 1e-5),
 }
 # ConvNeXt V2 (Woo et al. 2023) comes in the same sizes (atto .. nano with timm's 1x1-conv MLP)
 # and one more, huge.
-V2_VARIANTS = {**VARIANTS, "huge": ((3, 3, 27, 3), (352, 704, 1408, 2816), False, 1e-6)}
+V2_VARIANTS = {**VARIANTS, "huge": Variant((3, 3, 27, 3), (352, 704, 1408, 2816), 1e-6)}
 
 
 # timm's ``stem_type``: the paper's 4x4 patchify, or two overlapping 3x3 convs of stride 2
@@ -50,7 +61,12 @@ NORM_LAYERS = ("layernorm", "simplenorm")
 MODEL_TYPES = ("convnext", "convnextv2", "dinov3_convnext")
 # Our structure fields at the paper's values: to_dict leaves them out of config.json then.
 STRUCTURE_DEFAULTS = {"stem_type": "patch", "norm_layer": "layernorm", "head_norm_first": False,
-                      "head_hidden_size": None, "final_norm": True}
+                      "head_hidden_size": None, "final_norm": True, "kernel_sizes": [7, 7, 7, 7]}
+# hidden_act (the block's activation; transformers' ACT2FN names, and timm's act_layer name
+# "gelu_tanh") -> its function in convnext_np.ops. The paper's is the exact GELU; timm's unit-test
+# models (test_convnext*) use GELU's tanh approximation or SiLU. Names that no ConvNeXt port uses
+# are refused, transformers' "gelu_new" (the same tanh formula, in other models' configs) too.
+HIDDEN_ACTS = {"gelu": "gelu", "gelu_pytorch_tanh": "gelu_tanh", "gelu_tanh": "gelu_tanh", "silu": "silu"}
 
 
 def _is_int(v) -> bool:
@@ -102,11 +118,14 @@ class ConvNextConfig:
     head_norm_first: bool = False  # timm ``_hnf``: norm over the map, then pool, then fc
     head_hidden_size: int | None = None  # timm ``convnext_large_mlp``: pool, norm, fc, GELU, fc
     final_norm: bool = True  # False for transformers' ConvNextBackbone (no pooled output)
+    kernel_sizes: list = field(default_factory=lambda: [7, 7, 7, 7])  # timm: depthwise kernel per stage
     id2label: dict = field(default_factory=dict)
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
-        for name in ("depths", "hidden_sizes"):
+        if _is_int(self.kernel_sizes):  # timm's kernel_sizes: one int for every stage, or one per stage
+            self.kernel_sizes = [self.kernel_sizes] * 4
+        for name in ("depths", "hidden_sizes", "kernel_sizes"):
             value = getattr(self, name)
             if not (isinstance(value, (list, tuple)) and all(_is_int(v) for v in value)):
                 raise WeightsError(f"invalid ConvNeXt config: {name} must be a list of ints, got {value!r}")
@@ -139,9 +158,9 @@ class ConvNextConfig:
         table = V2_VARIANTS if overrides.get("model_type") == "convnextv2" else VARIANTS
         if name not in table:
             raise ValueError(f"unknown ConvNeXt variant {name!r}; known: {', '.join(table)}")
-        depths, dims, _, norm_eps = table[name]
+        v = table[name]
         overrides.setdefault("id2label", {i: f"LABEL_{i}" for i in range(num_labels)})
-        return cls(depths=list(depths), hidden_sizes=list(dims), norm_eps=norm_eps, **overrides)
+        return cls(depths=list(v.depths), hidden_sizes=list(v.hidden_sizes), norm_eps=v.norm_eps, **overrides)
 
     def validate(self) -> None:
         """Raise :class:`WeightsError` for a config no ConvNeXt can have."""
@@ -154,8 +173,12 @@ class ConvNextConfig:
         if self.patch_size != 4 or self.num_channels != 3:
             problems.append(f"only patch_size=4 and num_channels=3 are ConvNeXt, got "
                             f"{self.patch_size} and {self.num_channels}")
-        if self.hidden_act != "gelu":
-            problems.append(f"hidden_act must be 'gelu' (exact erf GELU), got {self.hidden_act!r}")
+        if not isinstance(self.hidden_act, str) or self.hidden_act not in HIDDEN_ACTS:
+            problems.append(f"hidden_act must be one of {', '.join(map(repr, HIDDEN_ACTS))} (exact erf "
+                            f"GELU, its tanh approximation, SiLU), got {self.hidden_act!r}")
+        if len(self.kernel_sizes) != 4 or any(k < 1 or k % 2 == 0 for k in self.kernel_sizes):
+            problems.append(f"kernel_sizes must be one odd positive int, or 4 (one per stage), "
+                            f"got {self.kernel_sizes}")
         for name, allowed in (("model_type", MODEL_TYPES), ("stem_type", STEM_TYPES),
                               ("norm_layer", NORM_LAYERS)):
             if getattr(self, name) not in allowed:
@@ -174,8 +197,8 @@ class ConvNextConfig:
     def variant(self) -> str | None:
         """The variant name whose depths and widths this config has, if any."""
         table = V2_VARIANTS if self.model_type == "convnextv2" else VARIANTS
-        for name, (depths, dims, _, _) in table.items():
-            if tuple(self.depths) == depths and tuple(self.hidden_sizes) == dims:
+        for name, v in table.items():
+            if (tuple(self.depths), tuple(self.hidden_sizes)) == (v.depths, v.hidden_sizes):
                 return name
         return None
 

@@ -31,6 +31,7 @@ import numpy as np
 from . import model as model_mod
 from . import ops
 from .classify import load_model
+from .config import HIDDEN_ACTS
 from .errors import ConvNextError, ImageError
 from .files import atomic_write, find_weights, shard_names
 from .guards import read_json_file
@@ -106,7 +107,7 @@ def forward_float64(model: ConvNeXt, pixel_values) -> ConvNextOutput:
     hidden, pooled, logits = model_mod.forward(
         cast_params(model.params, np.float64), np.ascontiguousarray(x.transpose(0, 2, 3, 1)),
         eps=model.config.norm_eps, head_eps=model.config.layer_norm_eps, ops=FLOAT64_OPS,
-        stem_type=model.config.stem_type, norm_layer=model.config.norm_layer,
+        act=HIDDEN_ACTS[model.config.hidden_act], stem_type=model.config.stem_type, norm_layer=model.config.norm_layer,
         head_norm_first=model.config.head_norm_first)
     assert all(a.dtype == np.float64 for a in [*hidden, pooled, logits] if a is not None)
     nchw = tuple(np.ascontiguousarray(h.transpose(0, 3, 1, 2)) for h in hidden)  # NHWC -> NCHW

@@ -25,20 +25,22 @@ from .labels import imagenet_labels
 from .model import ConvNeXt
 from .preprocess import DINOV3_PREPROCESSING, ImageProcessor
 
-def _config_from_tensors(arch: dict, scheme: str, labels=None) -> ConvNextConfig:
+def _config_from_tensors(arch: dict, scheme: str, labels=None, norm_eps=None,
+                         hidden_act="gelu") -> ConvNextConfig:
     """A config for weights that came without an HF config.json (timm, facebookresearch, bare).
 
     Labels: ``labels`` if given (timm's ``label_names``), else the ImageNet names for a head of
-    1000 or 21841 classes, else ``LABEL_i``.
+    1000 or 21841 classes, else ``LABEL_i``. ``norm_eps`` and ``hidden_act``: what a timm
+    architecture name says (:mod:`.family`); a bare file's eps is read off its widths.
     """
     num_labels = arch["num_labels"]
     if labels is None or len(labels) != num_labels:
         labels = imagenet_labels(num_labels) or [f"LABEL_{i}" for i in range(num_labels)]
-    eps = weights.default_norm_eps(arch["hidden_sizes"])
+    eps = norm_eps or weights.default_norm_eps(arch["hidden_sizes"])
     # transformers' ConvNextConfig default final-LN eps is 1e-12; timm and FB use their norm eps.
     head_eps = ConvNextConfig.layer_norm_eps if scheme == "hf" else eps
     return ConvNextConfig(depths=arch["depths"], hidden_sizes=arch["hidden_sizes"], norm_eps=eps,
-                          layer_norm_eps=head_eps, id2label=dict(enumerate(labels)),
+                          layer_norm_eps=head_eps, id2label=dict(enumerate(labels)), hidden_act=hidden_act,
                           model_type=arch["model_type"], **arch["structure"])
 
 
@@ -77,7 +79,8 @@ def load_local(path: Path, *, backend: str = "auto", num_threads: int | None = N
         arch["model_type"] = "dinov3_convnext"
 
     if config_json is not None and "architecture" in config_json:  # timm layout
-        if not str(config_json["architecture"]).startswith("convnext"):
+        if not (str(config_json["architecture"]).startswith("convnext")
+                or family.timm_structure(str(config_json["architecture"]))):
             raise WeightsError(f"{path / 'config.json'}: architecture "
                                f"{config_json['architecture']!r} is not a ConvNeXt")
         v2 = str(config_json["architecture"]).startswith("convnextv2")
@@ -87,16 +90,17 @@ def load_local(path: Path, *, backend: str = "auto", num_threads: int | None = N
                                f"{where} are {_family(arch['model_type'])}")
         variant = str(config_json["architecture"]).removeprefix("convnextv2_" if v2 else "convnext_")
         table = V2_VARIANTS if v2 else VARIANTS
-        if variant in table and (tuple(arch["depths"]), tuple(arch["hidden_sizes"])) != table[variant][:2]:
+        sizes = table.get(variant)
+        if sizes and (tuple(arch["depths"]), tuple(arch["hidden_sizes"])) != (sizes.depths, sizes.hidden_sizes):
             raise WeightsError(f"{path / 'config.json'}: architecture {config_json['architecture']!r} "
-                               f"has depths {list(table[variant][0])} and widths "
-                               f"{list(table[variant][1])}, but the tensors in {where} have "
+                               f"has depths {list(sizes.depths)} and widths "
+                               f"{list(sizes.hidden_sizes)}, but the tensors in {where} have "
                                f"{arch['depths']} and {arch['hidden_sizes']}")
         declared = config_json.get("num_classes", arch["num_labels"])
         if declared != arch["num_labels"]:
             raise WeightsError(f"{path / 'config.json'}: num_classes is {declared}, but the "
                                f"head in {where} has {arch['num_labels']} classes")
-        _check_timm_structure(str(config_json["architecture"]), arch, path / "config.json", where)
+        named = _check_timm_structure(str(config_json["architecture"]), arch, path / "config.json", where)
         tag = str((config_json.get("pretrained_cfg") or {}).get("tag", ""))
         if tag.startswith("dinov3"):  # timm's convnext_*.dinov3_lvd1689m: DINOv3 ConvNeXt weights
             arch["model_type"] = "dinov3_convnext"
@@ -104,7 +108,7 @@ def load_local(path: Path, *, backend: str = "auto", num_threads: int | None = N
         if labels is not None and not (isinstance(labels, list) and all(isinstance(v, str) for v in labels)):
             raise WeightsError(f"{path / 'config.json'}: label_names must be a list of strings, "
                                f"got {labels!r:.80}")
-        config = _config_from_tensors(arch, scheme, labels)
+        config = _config_from_tensors(arch, scheme, labels, **named)
     elif config_json is not None and config_json.get("model_type") == "dinov3_convnext":
         config = ConvNextConfig.from_dict(config_json, where=path / "config.json")
         config.id2label = {}  # DINOv3ConvNextModel has no head
@@ -154,7 +158,9 @@ def _is_backbone(config_json: dict) -> bool:
 def _check_against_config(config: ConvNextConfig, arch: dict, config_path, where: str) -> None:
     """The tensors must be what ``config.json`` describes (sizes, head, structure)."""
     found = {"model_type": "convnext", **arch, **arch["structure"]}
-    for field in ("model_type", "depths", "hidden_sizes", "num_labels", *arch["structure"]):
+    # Kernel sizes are shapes: check_tensors names the tensor whose shape the config does not fit.
+    for field in ("model_type", "depths", "hidden_sizes", "num_labels",
+                  *(k for k in arch["structure"] if k != "kernel_sizes")):
         if getattr(config, field) != found[field]:
             raise WeightsError(f"{config_path}: {field} is {getattr(config, field)!r}, "
                                f"but the tensors in {where} have {found[field]!r}")
@@ -163,23 +169,28 @@ def _check_against_config(config: ConvNextConfig, arch: dict, config_path, where
                            f"{where} has one")
 
 
-def _check_timm_structure(architecture: str, arch: dict, config_path, where: str) -> None:
-    """A timm directory's ``architecture`` must build what the tensors hold (:mod:`.family`)."""
+def _check_timm_structure(architecture: str, arch: dict, config_path, where: str) -> dict:
+    """A timm directory's ``architecture`` must build what the tensors hold (:mod:`.family`).
+    Returns what the name sets and no tensor shows (``norm_eps``, ``hidden_act``); {} for a name
+    we do not know."""
     known = family.timm_structure(architecture)
     if known is None:
-        return
-    variant, structure = known
+        return {}
+    _, structure = known
     found = {**STRUCTURE_DEFAULTS, **arch["structure"]}
     differ = [f"{k} {structure[k]!r} (the tensors have {found[k]!r})" for k in
-              ("stem_type", "norm_layer", "head_norm_first", "head_hidden_size") if structure[k] != found[k]]
+              ("stem_type", "norm_layer", "head_norm_first", "head_hidden_size", "kernel_sizes")
+              if structure[k] != found[k]]
     if differ:
         raise WeightsError(f"{config_path}: architecture {architecture!r} has " + ", ".join(differ)
                            + f", which {where} does not match")
-    depths, dims = VARIANTS[variant][:2]
+    size = family.timm_variant(architecture)
+    depths, dims = size.depths, size.hidden_sizes
     if (tuple(arch["depths"]), tuple(arch["hidden_sizes"])) != (depths, dims):
         raise WeightsError(f"{config_path}: architecture {architecture!r} has depths {list(depths)} "
                            f"and widths {list(dims)}, but the tensors in {where} have "
                            f"{arch['depths']} and {arch['hidden_sizes']}")
+    return {"norm_eps": size.norm_eps, "hidden_act": structure["hidden_act"]}
 
 
 def save_pretrained(model: ConvNeXt, directory) -> None:

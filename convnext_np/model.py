@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import backends, ops as numpy_ops, threads
-from .config import ConvNextConfig
+from .config import HIDDEN_ACTS, ConvNextConfig
 from .errors import ImageError
 
 MIN_INPUT_SIZE = 32  # four downsamplings (4, 2, 2, 2) leave at least one pixel
@@ -29,8 +29,9 @@ def stem(x, w, b, norm_w, norm_b, *, eps, ops):
 
 
 def overlap_stem(x, conv1_w, conv1_b, w, b, norm_w, norm_b, *, act, eps, ops):
-    """timm's overlapping stem (the ``_ols`` models): 3x3 conv, stride 2, padding 1; GELU if
-    ``act`` (``stem_type='overlap_act'``); a second such conv; then the norm. Total stride 4."""
+    """timm's overlapping stem (the ``_ols`` models): 3x3 conv, stride 2, padding 1; the model's
+    activation (``ops.gelu``, see :func:`with_act`) if ``act`` (``stem_type='overlap_act'``); a
+    second such conv; then the norm. Total stride 4."""
     x = ops.conv2d(x, conv1_w, conv1_b, 3, 2, 1)  # [N, H, W, 3] -> [N, H/2, W/2, C_mid]
     if act:
         x = ops.gelu(x)
@@ -47,7 +48,9 @@ def downsample(x, norm_w, norm_b, w, b, *, eps, ops):
 def block(x, dwconv_w, dwconv_b, norm_w, norm_b, pwconv1_w, pwconv1_b, pwconv2_w, pwconv2_b,
           gamma=None, grn_w=None, grn_b=None, *, eps, ops):
     """ConvNeXt block (paper Fig. 4): dwconv 7x7, LN, Linear C->4C, GELU, Linear 4C->C, layer
-    scale ``gamma``, residual. Stochastic depth is the identity at inference.
+    scale ``gamma``, residual. Stochastic depth is the identity at inference. The dwconv's kernel
+    size is that of ``dwconv_w`` (timm's ``kernel_sizes``); timm's other activations come in
+    ``ops`` (:func:`with_act`).
 
     The block's parameters say which block it is: V1 has layer scale ``gamma``; ConvNeXt V2
     (Woo et al. 2023, Sec. 3) has none, and a GRN after the GELU instead (``grn_w``, ``grn_b``).
@@ -113,29 +116,50 @@ def feature_maps(hidden, norms, out_features, *, pixels, ops):
             for name in out_features]
 
 
-def with_norm(ops, kind):
-    """``ops`` with every LayerNorm replaced by timm's ``norm_layer`` of that ``kind``.
-
-    timm swaps the norm of the whole network at once (``_get_norm_layers``); so does this. The
-    backend's fused layers assume LayerNorm, so they are left out; the norm is the NumPy one, as
-    is any op the backend lacks."""
+def unfused(ops, **replacements):
+    """``ops`` without the backend's fused layers (``stem``, ``downsample``, ``block``), which
+    compute the paper's LayerNorm and GELU inside; every other op the backend's where it has one,
+    NumPy's otherwise; then ``replacements``."""
     fused = ("stem", "downsample", "block")
     chosen = {name: getattr(ops, name, value) for name, value in vars(numpy_ops).items()
               if callable(value) and not name.startswith("_") and name not in fused}
-    return types.SimpleNamespace(**{**chosen, "layer_norm": NORMS[kind]})
+    return types.SimpleNamespace(**{**chosen, **replacements})
+
+
+def with_norm(ops, kind):
+    """``ops`` with every LayerNorm replaced by timm's ``norm_layer`` of that ``kind``.
+
+    timm swaps the norm of the whole network at once (``_get_norm_layers``); so does this."""
+    return unfused(ops, layer_norm=NORMS[kind])
 
 
 NORMS = {"simplenorm": numpy_ops.simple_norm}
 
 
-def forward(params, x, *, eps, head_eps, ops, stem_type="patch", norm_layer="layernorm",
+def with_act(ops, act):
+    """``ops`` whose ``gelu`` is timm's ``act_layer`` ``act``, the name of an activation of
+    :mod:`convnext_np.ops` (``gelu_tanh``, ``silu``).
+
+    timm builds every block's MLP and the ``overlap_act`` stem with ``act_layer``; so this swaps
+    the activation of all of them at once, as :func:`with_norm` swaps the norm. (The MLP head
+    keeps GELU in timm, ``NormMlpClassifierHead(act_layer='gelu')``: :func:`forward` gives the
+    head the ops from before.)"""
+    return unfused(ops, gelu=getattr(numpy_ops, act))
+
+
+def forward(params, x, *, eps, head_eps, ops, act="gelu", stem_type="patch", norm_layer="layernorm",
             head_norm_first=False):
     """[N, H, W, 3] -> (hidden states: stem and 4 stages, pooled, logits), channels-last.
 
-    The keywords after ``ops`` are timm's structural variants (see :class:`ConvNextConfig`);
-    ``pooled`` and ``logits`` are None for a model without a final norm (a Backbone)."""
+    ``act`` is the blocks' activation, a function name of :mod:`convnext_np.ops`
+    (:data:`convnext_np.config.HIDDEN_ACTS`); the keywords after it are timm's structural
+    variants (see :class:`ConvNextConfig`). ``pooled`` and ``logits`` are None for a model
+    without a final norm (a Backbone)."""
     if norm_layer != "layernorm":
         ops = with_norm(ops, norm_layer)
+    head_ops = ops
+    if act != "gelu":
+        ops = with_act(ops, act)
     # A backend may fuse a whole layer, same signature (kernels.stem, .downsample and .block do).
     stem_ = getattr(ops, "stem", stem)
     downsample_ = getattr(ops, "downsample", downsample)
@@ -154,7 +178,7 @@ def forward(params, x, *, eps, head_eps, ops, stem_type="patch", norm_layer="lay
     if not params["head"]:
         return hidden, None, None
     head_ = norm_first_head if head_norm_first else head
-    pooled, logits = head_(x, **params["head"], eps=head_eps, ops=ops)
+    pooled, logits = head_(x, **params["head"], eps=head_eps, ops=head_ops)
     return hidden, pooled, logits
 
 
@@ -226,7 +250,8 @@ class ConvNeXt:
         with threads.limit(backend, self.num_threads):
             hidden, pooled, logits = forward(
                 self.params, x, eps=c.norm_eps, head_eps=c.layer_norm_eps, ops=ops,
-                stem_type=c.stem_type, norm_layer=c.norm_layer, head_norm_first=c.head_norm_first)
+                act=HIDDEN_ACTS[c.hidden_act], stem_type=c.stem_type, norm_layer=c.norm_layer,
+                head_norm_first=c.head_norm_first)
             if self.out_features:
                 maps = feature_maps(hidden, self.params.get("backbone_norms"), self.out_features,
                                     pixels=x, ops=ops)

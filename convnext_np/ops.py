@@ -5,7 +5,7 @@ layout the model keeps its weights in after loading (see :mod:`convnext_np.weigh
 
 - convolution kernels with stride = kernel size ("patchify") are matrices (k*k*C_in, C_out),
   rows ordered (kh, kw, c_in);
-- depthwise kernels are (7, 7, C);
+- depthwise kernels are (k, k, C), k = 7 in the paper;
 - Linear weights are (in, out), so a layer is ``x @ w + b``.
 """
 
@@ -28,14 +28,15 @@ def patchify(x, w, b, patch):
 
 
 def depthwise_conv(x, w, b):
-    """Depthwise 7x7 conv, stride 1, zero padding 3, with bias (paper Sec. 2.4). w: (7, 7, C).
+    """Depthwise k x k conv, stride 1, zero padding k // 2, with bias. w: (k, k, C), k odd: 7 in
+    the paper (Sec. 2.4), 5 and 3 in some stages of timm's ``test_convnext3``.
 
     [N, H, W, C] -> [N, H, W, C]
     """
     k = w.shape[0]
     pad = k // 2
-    xp = np.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))  # [N, H+6, W+6, C]
-    windows = sliding_window_view(xp, (k, k), axis=(1, 2))  # [N, H, W, C, 7, 7], a view
+    xp = np.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))  # [N, H+k-1, W+k-1, C]
+    windows = sliding_window_view(xp, (k, k), axis=(1, 2))  # [N, H, W, C, k, k], a view
     out = np.einsum("nhwcij,ijc->nhwc", windows, w)  # out[n,h,w,c] = sum_ij xp[n,h+i,w+j,c] w[i,j,c]
     out += b
     return out
@@ -49,36 +50,36 @@ def layer_norm(x, w, b, eps):
     return (x - mean) / np.sqrt(var + eps) * w + b
 
 
-# Q(a) = P(Z > a) = erfc(a / sqrt 2) / 2 for a >= 0, by Abramowitz & Stegun 7.1.26 (|error in
-# erf| < 1.5e-7), the formula of PyTorch's vectorised CPU erf; GELU comes out within 3.3e-7 of
-# float64 x Phi(x) (scipy's float32 erf: 4.5e-7). Measured per float32 element: scipy.special.erf
-# ~19 ns; this ~2 ns in cache-sized chunks, ~7 ns on whole activations (temporaries out of cache).
-AS_P = np.float32(0.3275911)
-AS_A = [np.float32(a) for a in (0.254829592, -0.284496736, 1.421413741, -1.453152027, 1.061405429)]
-GELU_CHUNK = 1 << 14  # elements; temporaries of this size stay in L2
-
-
-def upper_tail(a):
-    """Q(a) = P(Z > a) for a standard normal Z and a >= 0."""
-    z = a * np.float32(1 / np.sqrt(2))
-    t = 1 / (1 + AS_P * z)
-    return t * (AS_A[0] + t * (AS_A[1] + t * (AS_A[2] + t * (AS_A[3] + t * AS_A[4])))) * np.exp(-z * z) / 2
-
-
 def gelu(x):
-    """Exact GELU, x Phi(x) = 0.5 x (1 + erf(x / sqrt 2)), as every ConvNeXt port uses
-    (``nn.GELU()`` in facebookresearch, transformers and timm).
+    """Exact GELU, x Phi(x) = 0.5 x (1 + erf(x / sqrt 2)) (Hendrycks & Gimpel 2016, Sec. 2), as
+    every ConvNeXt port uses (``nn.GELU()`` in facebookresearch, transformers and timm).
 
-    Written max(x, 0) - |x| Q(|x|), which is the same function (Phi(x) = 1 - Q(x) for x >= 0 and
-    Q(-x) below) without a branch, and evaluated chunk by chunk.
+    erf is scipy's (``scipy.special.erf``), in the dtype of ``x``: float32 results are within
+    4.5e-7 of float64 x Phi(x), float64 ones exact. The Numba backend's kernel is the fast one.
     """
-    out = np.empty(x.shape, x.dtype)
-    flat, flat_out = x.reshape(-1), out.reshape(-1)
-    for i in range(0, flat.size, GELU_CHUNK):
-        v = flat[i : i + GELU_CHUNK]
-        a = np.abs(v)
-        flat_out[i : i + GELU_CHUNK] = np.maximum(v, 0) - a * upper_tail(a)
-    return out
+    # Imported here, not with the module: scipy.special takes ~0.25 s to import, which a plain
+    # ``import convnext_np`` should not pay.
+    from scipy.special import erf
+
+    return 0.5 * x * (1 + erf(x * x.dtype.type(1 / np.sqrt(2))))
+
+
+def gelu_tanh(x):
+    """GELU's tanh approximation (Hendrycks & Gimpel 2016, Sec. 2),
+    0.5 x (1 + tanh(sqrt(2 / pi) (x + 0.044715 x^3))): PyTorch's ``nn.GELU(approximate='tanh')``,
+    timm's ``act_layer='gelu_tanh'`` (its ``test_convnext`` models), transformers'
+    ``hidden_act='gelu_pytorch_tanh'``."""
+    c = x.dtype.type(np.sqrt(2 / np.pi))
+    return 0.5 * x * (1 + np.tanh(c * (x + x.dtype.type(0.044715) * x * x * x)))
+
+
+def silu(x):
+    """SiLU, x sigmoid(x) (Elfwing et al. 2018, Eq. 3; Ramachandran et al.'s "Swish"): PyTorch's
+    ``nn.SiLU``, timm's ``act_layer='silu'`` (``test_convnext3``). The sigmoid is scipy's
+    ``expit``, which does not overflow for large negative x as 1 / (1 + exp(-x)) would."""
+    from scipy.special import expit  # imported on first use, as in gelu
+
+    return x * expit(x)
 
 
 def linear(x, w, b):

@@ -27,12 +27,12 @@ def stage_rows(config: ConvNextConfig, height: int = 224, width: int | None = No
         mid = stem_width(config)
         stem_macs = (height // 2) * (width // 2) * mid * 9 * config.num_channels + h * w * dims[0] * 9 * mid
     rows = [{"name": "stem", "shape": (dims[0], h, w), "params": params["stem"], "macs": stem_macs}]
-    for s, (depth, c) in enumerate(zip(config.depths, dims)):
+    for s, (depth, c, ks) in enumerate(zip(config.depths, dims, config.kernel_sizes)):
         macs = 0
         if s > 0:
             h, w = h // 2, w // 2
             macs += h * w * c * 2 * 2 * dims[s - 1]  # downsampling conv
-        macs += depth * h * w * c * (7 * 7 + 2 * 4 * c)  # dwconv + pwconv1 + pwconv2
+        macs += depth * h * w * c * (ks * ks + 2 * 4 * c)  # dwconv + pwconv1 + pwconv2
         rows.append({"name": f"stage{s + 1}", "shape": (c, h, w), "params": params[f"stage{s + 1}"],
                      "macs": macs})
     width = config.head_hidden_size or dims[-1]  # timm's pre-logits Linear (convnext_large_mlp)

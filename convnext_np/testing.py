@@ -68,7 +68,8 @@ def random_pixels(shape, seed: int = 0) -> np.ndarray:
 
 
 def timm_state_dict_shapes(depths, dims, num_classes, *, stem_type="patch", norm_layer="layernorm",
-                           head_norm_first=False, head_hidden_size=None, conv_mlp=False) -> dict:
+                           head_norm_first=False, head_hidden_size=None, conv_mlp=False,
+                           kernel_sizes=(7, 7, 7, 7)) -> dict:
     """name -> shape of a timm ``ConvNeXt`` state dict (``timm/models/convnext.py``), for any of
     timm's structural variants; with :func:`realistic_state_dict`, a timm checkpoint without timm.
     The live tests check these names and shapes against timm's own models."""
@@ -87,14 +88,14 @@ def timm_state_dict_shapes(depths, dims, num_classes, *, stem_type="patch", norm
         mid = make_divisible(c0 // 2) if stem_type == "overlap_tiered" else c0
         second, last = (2, 3) if stem_type == "overlap_act" else (1, 2)
         shapes = {**conv("stem.0", mid, 3, 3), **conv(f"stem.{second}", c0, mid, 3), **norm(f"stem.{last}", c0)}
-    for s, (depth, c) in enumerate(zip(depths, dims)):
+    for s, (depth, c, k) in enumerate(zip(depths, dims, kernel_sizes)):
         if s > 0:
             shapes.update({**norm(f"stages.{s}.downsample.0", dims[s - 1]),
                            **conv(f"stages.{s}.downsample.1", c, dims[s - 1], 2)})
         for b in range(depth):
             p = f"stages.{s}.blocks.{b}"
             mlp = (1, 1) if conv_mlp else ()
-            shapes.update({f"{p}.gamma": (c,), f"{p}.conv_dw.weight": (c, 1, 7, 7), f"{p}.conv_dw.bias": (c,),
+            shapes.update({f"{p}.gamma": (c,), f"{p}.conv_dw.weight": (c, 1, k, k), f"{p}.conv_dw.bias": (c,),
                            **norm(f"{p}.norm", c),
                            f"{p}.mlp.fc1.weight": (4 * c, c, *mlp), f"{p}.mlp.fc1.bias": (4 * c,),
                            f"{p}.mlp.fc2.weight": (c, 4 * c, *mlp), f"{p}.mlp.fc2.bias": (c,)})

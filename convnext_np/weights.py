@@ -19,7 +19,7 @@ import re
 
 import numpy as np
 
-from .config import VARIANTS, ConvNextConfig
+from .config import STRUCTURE_DEFAULTS, VARIANTS, ConvNextConfig
 from .errors import WeightsError
 
 _STAGE = r"convnext.encoder.stages.\1"
@@ -211,14 +211,14 @@ def param_table(config: ConvNextConfig) -> list:
     c0, c3 = dims[0], dims[-1]
     stem_shapes = {"w": (c0, config.num_channels, 4, 4), "b": (c0,), "norm_w": (c0,), "norm_b": (c0,)}
     rows = [(("stem", k), f"convnext.embeddings.{v}", stem_shapes[k]) for k, v in STEM_NAMES.items()]
-    for s, (depth, c) in enumerate(zip(config.depths, dims)):
+    for s, (depth, c, k) in enumerate(zip(config.depths, dims, config.kernel_sizes)):
         stage = f"convnext.encoder.stages.{s}"
         if s > 0:
             shapes = {"norm_w": (dims[s - 1],), "norm_b": (dims[s - 1],),
                       "w": (c, dims[s - 1], 2, 2), "b": (c,)}
             rows += [(("stages", s, "downsample", k), f"{stage}.downsampling_layer.{v}", shapes[k])
                      for k, v in DOWNSAMPLE_NAMES.items()]
-        shapes = {"dwconv_w": (c, 1, 7, 7), "pwconv1_w": (4 * c, c), "pwconv1_b": (4 * c,),
+        shapes = {"dwconv_w": (c, 1, k, k), "pwconv1_w": (4 * c, c), "pwconv1_b": (4 * c,),
                   "pwconv2_w": (c, 4 * c), "grn_w": (1, 1, 1, 4 * c), "grn_b": (1, 1, 1, 4 * c)}
         absent = V1_ONLY if config.model_type == "convnextv2" else V2_ONLY
         rows += [(("stages", s, "blocks", b, k), f"{stage}.layers.{b}.{v}", shapes.get(k, (c,)))
@@ -306,7 +306,11 @@ def hf_prefix(config: ConvNextConfig) -> str:
 
 def infer_structure(hf: dict, scheme: str) -> dict:
     """The config fields of timm's structural variants and of Backbones (no final norm), read off
-    HF-named tensors (see :class:`ConvNextConfig`); empty for the paper's ConvNeXt."""
+    HF-named tensors (see :class:`ConvNextConfig`); empty for the paper's ConvNeXt.
+
+    The activation (``hidden_act``) is not among them: no tensor shows it. timm's GELU-tanh and
+    SiLU models (``test_convnext*``) are known by the ``architecture`` of their directory's
+    ``config.json`` (:mod:`convnext_np.family`)."""
     s = {}
     if "convnext.embeddings.stem_conv1.weight" in hf:
         c0, mid = hf["convnext.embeddings.patch_embeddings.weight"].shape[:2]
@@ -320,6 +324,10 @@ def infer_structure(hf: dict, scheme: str) -> dict:
         s["head_hidden_size"] = int(hf["head.pre_logits.fc.weight"].shape[0])
     if not any(k.startswith(("convnext.layernorm.", "norm_pre.", "classifier.", "head.")) for k in hf):
         s["final_norm"] = False  # a Backbone: neither a final norm nor a head (any part of one)
+    dwconvs = [hf[f"convnext.encoder.stages.{i}.layers.0.dwconv.weight"] for i in range(4)]
+    kernel_sizes = [int(w.shape[-1]) if np.ndim(w) == 4 else 7 for w in dwconvs]  # else: check_tensors says
+    if kernel_sizes != [7, 7, 7, 7]:  # timm's kernel_sizes (test_convnext3: 7, 5, 5, 3)
+        s["kernel_sizes"] = kernel_sizes
     return s
 
 
@@ -345,9 +353,9 @@ def pop_backbone_norms(hf: dict, hidden_sizes, where: str) -> dict:
 
 def default_norm_eps(hidden_sizes) -> float:
     """1e-6, except for timm's xxlarge (1e-5, timm's ``norm_eps``)."""
-    for _, dims, _, eps in VARIANTS.values():
-        if tuple(hidden_sizes) == dims:
-            return eps
+    for v in VARIANTS.values():
+        if tuple(hidden_sizes) == v.hidden_sizes:
+            return v.norm_eps
     return 1e-6
 
 
@@ -460,8 +468,8 @@ def to_hf_tensors(params: dict, config: ConvNextConfig) -> dict:
 def no_transformers_class(config: ConvNextConfig) -> str | None:
     """Why no transformers class holds ``config``'s model (timm's structural variants), or None."""
     odd = [f"{k}={getattr(config, k)!r}" for k in ("stem_type", "norm_layer", "head_norm_first",
-                                                   "head_hidden_size")
-           if getattr(config, k) != ConvNextConfig.__dataclass_fields__[k].default]
+                                                   "head_hidden_size", "kernel_sizes")
+           if getattr(config, k) != STRUCTURE_DEFAULTS[k]]
     return f"timm's {', '.join(odd)} has no transformers equivalent" if odd else None
 
 

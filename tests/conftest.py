@@ -1,10 +1,16 @@
+import os
+import random
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "weights" / "fixtures"
 REFERENCE = ROOT / "weights" / "reference"
+# The test photos; a test that needs a particular one names it (IMAGE_DIR / "chelsea.png").
+IMAGE_DIR = ROOT / "tests" / "data" / "images"
+ALL_IMAGES = sorted(IMAGE_DIR.iterdir())
 
 # layout -> what from_pretrained is given (a directory, or a bare file inside it)
 LAYOUT_SOURCES = {
@@ -45,6 +51,30 @@ def pytest_collection_modifyitems(items):
     for item in items:
         for name in MODULE_MARKS.get(item.module.__name__.rpartition(".")[2], ()):
             item.add_marker(name)
+
+
+# Hypothesis (test_fuzz, the property tests): with CI set, every run draws the same examples
+# (derandomize: a seed made from each test's own code), so CI cannot pass on one run and fail on
+# the next. Elsewhere each run draws new examples from one seed, shown in the report header, and
+# `pytest --hypothesis-seed=N` replays a run exactly; a seed given that way is used in CI too.
+settings.register_profile("ci", derandomize=True, database=None)
+
+
+@pytest.hookimpl(tryfirst=True)  # before Hypothesis' plugin reads --hypothesis-seed
+def pytest_configure(config):
+    if config.getoption("hypothesis_seed") is not None:
+        return
+    if os.environ.get("CI"):
+        settings.load_profile("ci")
+    else:
+        config.option.hypothesis_seed = str(random.SystemRandom().randrange(2**32))
+
+
+def pytest_report_header(config):
+    seed = config.getoption("hypothesis_seed")
+    if seed is None:
+        return "hypothesis: derandomized (CI is set): the same examples every run"
+    return f"hypothesis: seed {seed}; replay this run with --hypothesis-seed={seed}"
 
 
 def pytest_addoption(parser):

@@ -31,7 +31,15 @@ def test_num_labels_without_id2label_follows_transformers():
 
 @pytest.mark.parametrize("bad, message", [
     ({"depths": [3, 3, 9]}, "needs 4 stages"),
-    ({"hidden_act": "gelu_new"}, "exact erf GELU"),
+    ({"hidden_act": "gelu_new"}, "hidden_act must be one of 'gelu', 'gelu_pytorch_tanh', 'gelu_tanh', "
+                                 "'silu' .*got 'gelu_new'"),
+    ({"hidden_act": "relu"}, "hidden_act must be one of .*got 'relu'"),
+    ({"hidden_act": ["gelu"]}, "hidden_act must be one of"),
+    ({"kernel_sizes": [7, 5, 5]}, "kernel_sizes must be one odd positive int, or 4"),
+    ({"kernel_sizes": 4}, r"kernel_sizes .*got \[4, 4, 4, 4\]"),
+    ({"kernel_sizes": [7, 5, 0, 3]}, "kernel_sizes must be one odd positive"),
+    ({"kernel_sizes": [7, 5, 5, "3"]}, "kernel_sizes must be a list of ints"),
+    ({"kernel_sizes": True}, "kernel_sizes must be a list of ints"),
     ({"depths": [3, 0, 9, 3]}, "positive"),
     ({"patch_size": 2}, "patch_size=4"),
     ({"depths": "abc"}, "invalid ConvNeXt config"),
@@ -39,6 +47,21 @@ def test_num_labels_without_id2label_follows_transformers():
 def test_invalid_configs(bad, message):
     with pytest.raises(cnp.WeightsError, match=message):
         cnp.ConvNextConfig.from_dict(bad)
+
+
+@pytest.mark.parametrize("hidden_act, op", [("gelu", "gelu"), ("gelu_pytorch_tanh", "gelu_tanh"),
+                                            ("gelu_tanh", "gelu_tanh"), ("silu", "silu")])
+def test_activations_and_kernel_sizes(hidden_act, op):
+    """transformers' names (and timm's gelu_tanh) -> the op; kernel_sizes as timm takes them (one
+    int or one per stage), written to config.json only when they are not the paper's 7."""
+    from convnext_np.config import HIDDEN_ACTS
+
+    c = cnp.ConvNextConfig.from_dict({"hidden_act": hidden_act, "kernel_sizes": 5})
+    assert HIDDEN_ACTS[c.hidden_act] == op and c.kernel_sizes == [5, 5, 5, 5]
+    d = c.to_dict()
+    assert (d["hidden_act"], d["kernel_sizes"]) == (hidden_act, [5, 5, 5, 5])
+    assert cnp.ConvNextConfig.from_dict(d).to_dict() == d
+    assert "kernel_sizes" not in cnp.ConvNextConfig(kernel_sizes=[7, 7, 7, 7]).to_dict()
 
 
 def test_variants_table():

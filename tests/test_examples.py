@@ -84,14 +84,34 @@ def test_export_golden(tmp_path):
 
 
 def test_make_figures(tmp_path):
+    """The committed figures are what the script draws now, pixel for pixel (decoded, so a
+    different zlib or PNG encoder does not matter; the text needs the same font)."""
     out = run_script(DOCS / "make_figures.py", "--out", tmp_path, cwd=tmp_path)
     for name in ("stages.png", "feature_maps.png"):
         path = tmp_path / name
         assert name in out and path.stat().st_size < 300_000
         with Image.open(path) as image:
             assert image.format == "PNG" and min(image.size) >= 800
+            drawn = np.asarray(image.convert("RGB"))
         committed = DOCS / "figures" / name
         assert committed.is_file() and committed.stat().st_size < 300_000
+        with Image.open(committed) as image:
+            kept = np.asarray(image.convert("RGB"))
+        assert drawn.shape == kept.shape, f"{name}: rerun docs/make_figures.py and commit"
+        if not has_font("DejaVuSans.ttf"):
+            continue  # the labels would be drawn in another font: only the size can agree
+        differ = np.abs(drawn.astype(int) - kept).max(axis=-1) > 0
+        assert not differ.any(), (f"{name}: {differ.mean():.2%} of the pixels differ from the "
+                                  "committed figure; rerun docs/make_figures.py and commit")
+
+
+def has_font(name):
+    from PIL import ImageFont
+    try:
+        ImageFont.truetype(name, 12)
+    except OSError:
+        return False
+    return True
 
 
 def test_architecture_doc_pastes_the_info_output():

@@ -5,6 +5,7 @@ weights saved as that library saves them, and the outputs it computes on three i
 of 2, a non-square input, one whose sides are not multiples of 32).
 """
 
+import dataclasses
 import json
 import shutil
 
@@ -35,7 +36,14 @@ STRUCTURE = {  # what each fixture must load as
     "fb-dinov3": {"model_type": "dinov3_convnext"},
     "timm-dinov3": {"model_type": "dinov3_convnext"},
     "hf-backbone": {"final_norm": False},
+    # timm's unit-test models; the activation and the eps come from config.json's architecture
+    "timm-test-convnext": {"hidden_act": "gelu_pytorch_tanh", "norm_eps": 1e-5, "layer_norm_eps": 1e-5},
+    "timm-test-convnext2": {"hidden_act": "gelu_pytorch_tanh", "norm_eps": 1e-5, "layer_norm_eps": 1e-5},
+    "timm-test-convnext3": {"hidden_act": "silu", "kernel_sizes": [7, 5, 5, 3], "norm_eps": 1e-5,
+                            "layer_norm_eps": 1e-5},
 }
+# What a bare file cannot show: no tensor holds the activation or the eps.
+FROM_ARCHITECTURE = ("hidden_act", "norm_eps", "layer_norm_eps")
 
 
 def test_every_fixture_has_an_expected_structure():
@@ -82,7 +90,8 @@ def test_family_fixture_matches_reference(case, backend):
         check_outputs(out, ref, i, f"family {case}" + ("" if backend == "numpy" else f" [{backend}]"))
 
 
-@pytest.mark.parametrize("case", [c for c in CASES if c.startswith("timm-") and c != "timm-dinov3"])
+@pytest.mark.parametrize("case", [c for c in CASES if c.startswith("timm-") and c != "timm-dinov3"
+                                  and not c.startswith("timm-test-")])
 def test_bare_timm_file_infers_the_structure(case):
     """Without config.json, the stem, norm and head kind come from the tensors alone."""
     model = cnp.from_pretrained(FAMILY / case / "model.safetensors")
@@ -91,6 +100,50 @@ def test_bare_timm_file_infers_the_structure(case):
     ref = SafetensorsFile(FAMILY / case / "reference.safetensors")
     out = model(ref.tensor("input0.pixel_values"))
     assert_allclose(out.logits, ref.tensor("input0.logits"), rtol=0, atol=LOGITS_ATOL, strict=True)
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c.startswith("timm-test-")])
+def test_bare_file_of_a_timm_test_model_cannot_show_its_activation(case):
+    """A bare file of timm's test models gives the kernel sizes but not the activation or the
+    eps: it loads as an exact-GELU ConvNeXt with eps 1e-6, which is another model. The directory
+    (config.json's ``architecture``) is what loads it right.
+
+    GELU and its tanh approximation differ by at most 5e-4, so the logits of the two differ by
+    little more than LOGITS_ATOL here: the directory's model must be much closer than that."""
+    bare = cnp.from_pretrained(FAMILY / case / "model.safetensors")
+    assert bare.config.kernel_sizes == STRUCTURE[case].get("kernel_sizes", [7, 7, 7, 7])
+    assert (bare.config.hidden_act, bare.config.norm_eps) == ("gelu", 1e-6)
+    right = cnp.from_pretrained(FAMILY / case)
+    ref = SafetensorsFile(FAMILY / case / "reference.safetensors")
+    x, want = ref.tensor("input0.pixel_values"), ref.tensor("input0.logits")
+    assert np.abs(right(x).logits - want).max() < 2e-5 < 1e-4 < np.abs(bare(x).logits - want).max()
+
+
+def test_info_names_the_activation_and_kernel_sizes(capsys):
+    """``convnext-np info`` says what differs from the paper; the depthwise MACs follow the kernels."""
+    from convnext_np.cli import main
+    from convnext_np.summary import stage_rows
+
+    assert main(["info", str(FAMILY / "timm-test-convnext3")]) == 0
+    assert "structure: kernel_sizes [7, 5, 5, 3], hidden_act silu" in capsys.readouterr().out
+    assert main(["info", str(FAMILY / "timm-test-convnext")]) == 0
+    assert "structure: hidden_act gelu_pytorch_tanh" in capsys.readouterr().out
+    config = cnp.from_pretrained(FAMILY / "timm-test-convnext3").config
+    sevens = dataclasses.replace(config, kernel_sizes=[7, 7, 7, 7])
+    stage4, stage4_sevens = stage_rows(config)[4], stage_rows(sevens)[4]  # one 3x3 block, 128 ch, 7x7 map
+    assert stage4_sevens["macs"] - stage4["macs"] == 7 * 7 * 128 * (49 - 9)
+    assert stage4_sevens["params"] - stage4["params"] == 128 * (49 - 9)
+
+
+def test_a_timm_directory_with_the_wrong_activation_is_another_model(tmp_path):
+    """test_convnext2's tensors under test_convnext2 match timm; under an architecture name with
+    the other activation but the same tensors (test_convnext3 has other kernels, so it is
+    refused), they do not."""
+    shutil.copytree(FAMILY / "timm-test-convnext2", tmp_path / "m")
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    (tmp_path / "m" / "config.json").write_text(json.dumps(dict(config, architecture="test_convnext3")))
+    with pytest.raises(cnp.WeightsError, match=r"kernel_sizes \[7, 5, 5, 3\] \(the tensors have \[7, 7, 7, 7\]\)"):
+        cnp.from_pretrained(tmp_path / "m")
 
 
 def test_dinov3_outputs_and_refusals():
@@ -169,8 +222,8 @@ def test_original_dinov3_file_keeps_norms3_out_of_the_model():
 
 def test_timm_architecture_name_must_match_the_structure(tmp_path):
     """zepto's sizes, but LayerNorm (with bias) where convnext_zepto_rms has SimpleNorm."""
-    depths, dims = VARIANTS["zepto"][:2]
-    save_file(realistic_state_dict(timm_state_dict_shapes(depths, dims, 10, conv_mlp=True)),
+    zepto = VARIANTS["zepto"]
+    save_file(realistic_state_dict(timm_state_dict_shapes(zepto.depths, zepto.hidden_sizes, 10, conv_mlp=True)),
               str(tmp_path / "model.safetensors"))
     (tmp_path / "config.json").write_text(json.dumps({"architecture": "convnext_zepto_rms", "num_classes": 10}))
     with pytest.raises(cnp.WeightsError, match="norm_layer 'simplenorm' \\(the tensors have 'layernorm'\\)"):
@@ -190,17 +243,16 @@ def test_imagenet_label_sets_by_head_size(num_classes, first, tmp_path):
 
 # --- timm's list of pretrained ConvNeXt tags --------------------------------------------------
 TAGS = json.loads((ROOT / "convnext_np" / "data" / "timm_tags.json").read_text())["tags"]
-# Tags outside this package, with why. timm's test models are not ConvNeXts of the paper.
-NOT_OURS = {"test_convnext": "timm's test model: GELU-tanh activations",
-            "test_convnext2": "timm's test model: GELU-tanh activations",
-            "test_convnext3": "timm's test model: SiLU and 5x5 / 3x3 kernels"}
+# timm's act_layer class names -> hidden_act
+ACTIVATIONS = {"GELU": "gelu", "GELUTanh": "gelu_pytorch_tanh", "SiLU": "silu"}
 
 
 def structure_of(row) -> dict:
     """The config fields a tag's row describes (the generated table uses timm's class names)."""
     return {"stem_type": row["stem_type"],
             "norm_layer": {"LayerNorm2d": "layernorm", "SimpleNorm2d": "simplenorm"}[row["norm"]],
-            "head_norm_first": row["head_norm_first"], "head_hidden_size": row["head_hidden_size"]}
+            "head_norm_first": row["head_norm_first"], "head_hidden_size": row["head_hidden_size"],
+            "kernel_sizes": row["kernel_sizes"], "hidden_act": ACTIVATIONS[row["act"]]}
 
 
 def v2_supported() -> bool:
@@ -212,25 +264,30 @@ def test_every_timm_tag_is_a_structure_we_load(tag, tmp_path):
     """Each tag's architecture, as the generated table records it, is one our loader builds: the
     name maps to that structure, and a micro model of it in timm's naming loads and runs."""
     row = TAGS[tag]
-    if row["architecture"] in NOT_OURS:
-        assert row["act"] != "GELU" or row["kernel_sizes"] != [7, 7, 7, 7]
-        pytest.skip(NOT_OURS[row["architecture"]])
     if row["grn"] and not v2_supported():
         pytest.skip("ConvNeXt V2 (GRN) is not in this build")
-    assert row["act"] == "GELU" and row["kernel_sizes"] == [7, 7, 7, 7]
     variant, structure = family.timm_structure(row["architecture"]) or (None, None)
     if not row["grn"]:
         assert structure is not None, f"{row['architecture']} is not in convnext_np.family"
-        assert (list(VARIANTS[variant][0]), list(VARIANTS[variant][1])) == (row["depths"], row["dims"])
+        size = family.timm_variant(row["architecture"])
+        assert (list(size.depths), list(size.hidden_sizes)) == (row["depths"], row["dims"])
         assert {k: structure[k] for k in structure_of(row)} == structure_of(row)
-        assert VARIANTS[variant][3] == row["norm_eps"]
+        assert size.norm_eps == row["norm_eps"]
+    else:
+        assert (row["act"], row["kernel_sizes"]) == ("GELU", [7, 7, 7, 7])
+    # A micro model of the structure in timm's naming, as a bare file: everything but the
+    # activation comes from the tensors (timm-test-convnext* checks the activation, by directory).
     micro = dict(structure_of(row), head_hidden_size=row["head_hidden_size"] and 24)
+    act = micro.pop("hidden_act")
     shapes = timm_state_dict_shapes([1, 1, 2, 1], [16, 24, 32, 40], row["num_classes"], conv_mlp=row["conv_mlp"],
                                     **micro)
     save_file(realistic_state_dict(shapes), str(tmp_path / "model.safetensors"))
     model = cnp.from_pretrained(tmp_path / "model.safetensors", backend="numpy")
     for field, value in micro.items():
         assert getattr(model.config, field) == value, field
+    assert model.config.hidden_act == "gelu"  # a bare file: the paper's, whatever the architecture's
+    if act != "gelu":
+        assert row["architecture"].startswith("test_convnext")
     out = model(random_pixels((1, 3, 64, 64), 0))
     assert out.pooled.shape == (1, micro["head_hidden_size"] or 40)
     assert (out.logits is None) == (row["num_classes"] == 0)
@@ -285,7 +342,8 @@ def test_timm_test_time_size():
     assert clip.image_mean == (0.48145466, 0.4578275, 0.40821073)
 
 
-@pytest.mark.parametrize("case", ["timm-ols-act-simplenorm", "timm-mlp-head", "hf-dinov3", "hf-backbone"])
+@pytest.mark.parametrize("case", ["timm-ols-act-simplenorm", "timm-mlp-head", "hf-dinov3", "hf-backbone",
+                                  "timm-test-convnext3"])
 def test_golden_bundles_for_the_family(case, tmp_path):
     """A golden bundle of each member checks out against a re-run, in float32 and float64."""
     from convnext_np import golden

@@ -10,6 +10,12 @@ are oversized; JSON nested deeper than any real file.
 
 Bounded for CI (40 examples per test). For a long run:
 ``pytest tests/test_fuzz.py --fuzz-examples 1500``.
+
+Replaying: with ``CI`` set the examples are derandomized (the same on every run, chosen from
+each test's code); otherwise the run's seed is printed in pytest's header
+(``hypothesis: seed 1234567; replay this run with --hypothesis-seed=1234567``), and passing it
+back draws the same examples, so a failure from a long run can be reproduced
+(``tests/conftest.py``).
 """
 
 import json
@@ -29,11 +35,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import convnext_np as cnp
-from conftest import FIXTURES
+from conftest import FIXTURES, IMAGE_DIR
 from convnext_np import torch_pickle
 from convnext_np.preprocess import ImageProcessor
 from convnext_np.safetensors_file import SafetensorsFile
-from test_preprocess import IMAGES
 from torchfile import Tensor, write_checkpoint
 
 BUDGET_SECONDS = 30  # one example; the slowest legitimate ones take well under a second
@@ -96,7 +101,7 @@ SMALL_IMAGES = {}
 
 
 def fuzz_settings(request_examples):
-    return settings(max_examples=request_examples, deadline=None, derandomize=False,
+    return settings(max_examples=request_examples, deadline=None,  # derandomized in CI: conftest
                     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 
 
@@ -205,7 +210,7 @@ def test_fuzz_image_bytes(workdir, fuzz_examples, name):
     from PIL import Image
     source = workdir / f"orig-{name}"
     if not source.exists():
-        base = Image.open(IMAGES[1]).convert("RGB").resize((64, 48))
+        base = Image.open(IMAGE_DIR / "chelsea.png").convert("RGB").resize((64, 48))
         if name == "anim.gif":
             base.save(source, save_all=True, append_images=[base.rotate(90)])
         elif name == "pages.tiff":

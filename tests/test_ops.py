@@ -1,8 +1,11 @@
 """Each NumPy op against an independent formulation: naive float64 loops, or scipy."""
 
+import math
+
 import numpy as np
 import pytest
 import scipy.signal
+import scipy.special
 import scipy.stats
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -99,6 +102,62 @@ def test_gelu_is_not_the_tanh_approximation():
     assert np.abs(ops.gelu(x) - tanh_form).max() > 1e-4
 
 
+def test_gelu_within_5e_7_of_the_exact_erf_form_and_exact_in_float64():
+    x = np.linspace(-12, 12, 200_001, dtype=np.float32)
+    x64 = x.astype(np.float64)
+    exact = 0.5 * x64 * scipy.special.erfc(-x64 / np.sqrt(2))  # no cancellation for x < 0
+    assert np.abs(ops.gelu(x) - exact).max() < 5e-7
+    assert ops.gelu(x64).dtype == np.float64
+    assert_allclose(ops.gelu(x64[::1000]), [naive.gelu(float(t)) for t in x64[::1000]], rtol=1e-14, atol=1e-15)
+
+
+def gelu_tanh_exact(t):
+    return 0.5 * t * (1 + math.tanh(math.sqrt(2 / math.pi) * (t + 0.044715 * t**3)))
+
+
+def silu_exact(t):
+    return t / (1 + math.exp(-t)) if t > -700 else 0.0
+
+
+@pytest.mark.parametrize("op, exact, torch_name", [(ops.gelu_tanh, gelu_tanh_exact, "gelu_tanh"),
+                                                   (ops.silu, silu_exact, "silu")])
+def test_other_activations_against_their_definitions(op, exact, torch_name):
+    """timm's act_layer 'gelu_tanh' and 'silu', in float32 and float64, against the formula in
+    float64 (math), and against torch where it is installed."""
+    x = np.concatenate([np.linspace(-12, 12, 4001), [0.0, -0.0, 1e-30, -1e-30, 40.0, -40.0, 1e4, -1e4]])
+    want = np.array([exact(float(t)) for t in x])
+    got = op(x.astype(np.float32))
+    assert got.dtype == np.float32
+    assert_allclose(got, want, rtol=1e-6, atol=2e-7)
+    assert_allclose(op(x), want, rtol=1e-13, atol=1e-15)
+    torch = pytest.importorskip("torch")
+    torch_op = {"gelu_tanh": lambda t: torch.nn.functional.gelu(t, approximate="tanh"),
+                "silu": torch.nn.functional.silu}[torch_name]
+    assert_allclose(got, torch_op(torch.from_numpy(x.astype(np.float32))).numpy(), rtol=1e-6, atol=2e-7)
+
+
+def test_the_activations_differ():
+    """GELU, its tanh approximation and SiLU are three functions, not one under three names."""
+    x = np.linspace(-4, 4, 801, dtype=np.float32)
+    assert np.abs(ops.gelu(x) - ops.gelu_tanh(x)).max() > 1e-4
+    assert np.abs(ops.gelu(x) - ops.silu(x)).max() > 1e-2
+
+
+@settings(max_examples=20, deadline=None)
+@given(h=st.integers(1, 9), w=st.integers(1, 9), c=st.integers(1, 6), k=st.sampled_from([1, 3, 5, 9]),
+       seed=seeds)
+def test_depthwise_conv_of_other_kernel_sizes_equals_scipy_correlate(h, w, c, k, seed):
+    """timm's ``kernel_sizes``: any odd k, zero padding k // 2 ('same' output size)."""
+    rng = np.random.default_rng(seed)
+    x, wt, b = rand(rng, 1, h, w, c), rand(rng, k, k, c), rand(rng, c)
+    got = ops.depthwise_conv(x, wt, b)
+    assert got.shape == x.shape
+    for ch in range(c):
+        expected = scipy.signal.correlate2d(x[0, :, :, ch].astype(np.float64), wt[:, :, ch],
+                                            mode="same", boundary="fill") + b[ch]
+        assert_allclose(got[0, :, :, ch], expected, rtol=RTOL, atol=ATOL)
+
+
 @settings(max_examples=20, deadline=None)
 @given(n=st.integers(1, 3), h=st.integers(1, 5), w=st.integers(1, 5), c=st.integers(1, 7), seed=seeds)
 def test_global_avg_pool_and_linear(n, h, w, c, seed):
@@ -133,13 +192,14 @@ def test_grn_norms_over_positions_per_image_and_divides_by_the_channel_mean():
     assert_allclose(ops.grn(x, w, b), x * 1.5, rtol=1e-6)  # w * x * 1 + x
 
 
-@pytest.mark.parametrize("op", [ops.patchify, ops.depthwise_conv, ops.layer_norm, ops.gelu, ops.grn])
+@pytest.mark.parametrize("op", [ops.patchify, ops.depthwise_conv, ops.layer_norm, ops.gelu, ops.gelu_tanh,
+                                ops.silu, ops.grn])
 def test_ops_stay_float32(op):
     rng = np.random.default_rng(0)
     x = rand(rng, 1, 8, 8, 4)
     args = {ops.patchify: (rand(rng, 16 * 4, 3), rand(rng, 3), 4),
             ops.depthwise_conv: (rand(rng, 7, 7, 4), rand(rng, 4)),
             ops.layer_norm: (rand(rng, 4), rand(rng, 4), 1e-6),
-            ops.gelu: (),
+            ops.gelu: (), ops.gelu_tanh: (), ops.silu: (),
             ops.grn: (rand(rng, 4), rand(rng, 4))}[op]
     assert op(x, *args).dtype == np.float32

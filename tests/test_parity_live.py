@@ -23,7 +23,7 @@ def hf_reference(variant=None, num_labels=1000, seed=7, v2=False, **kwargs):
     ``v2``), realistic random weights."""
     if variant:
         c = cnp.VARIANTS[variant]
-        kwargs.update(depths=list(c[0]), hidden_sizes=list(c[1]))
+        kwargs.update(depths=list(c.depths), hidden_sizes=list(c.hidden_sizes))
     if v2:
         config = transformers.ConvNextV2Config(num_labels=num_labels, **kwargs)
         model = transformers.ConvNextV2ForImageClassification(config).eval()

@@ -1,5 +1,6 @@
 """ImageProcessor: pixel parity with transformers on real photos, and every input kind."""
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -9,12 +10,9 @@ from numpy.testing import assert_allclose
 from PIL import Image
 
 import convnext_np as cnp
-from conftest import FIXTURES
+from conftest import ALL_IMAGES, FIXTURES, IMAGE_DIR
 from convnext_np.preprocess import ImageProcessor, load_rgb
 from convnext_np.testing import PIXEL_ATOL
-
-IMAGES = sorted((Path(__file__).parent / "data" / "images").iterdir())
-
 
 @pytest.mark.parametrize("size, crop_pct", [(224, 0.875), (384, None), (288, 1.0)])
 def test_pixel_parity_with_transformers(size, crop_pct):
@@ -24,16 +22,37 @@ def test_pixel_parity_with_transformers(size, crop_pct):
         size={"shortest_edge": size}, crop_pct=crop_pct, resample=3,
         image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225])
     ours = ImageProcessor(size=size, crop_pct=crop_pct)
-    for path in IMAGES:
+    for path in ALL_IMAGES:
         expected = theirs(load_image(str(path)), return_tensors="np")["pixel_values"]
         got = ours(path)
         assert got.shape == (1, 3, size, size) and got.dtype == np.float32
         assert_allclose(got, expected, rtol=0, atol=PIXEL_ATOL, err_msg=path.name)
 
 
+HF_PIXELS = Path(__file__).parent / "data" / "hf_pixel_values.npz"
+
+
+def hf_pixel_cases():
+    with np.load(HF_PIXELS) as f:
+        meta = json.loads(str(f["meta"]))
+        return [pytest.param(case, f[key], meta["sha256"][case["image"]], id=key)
+                for key, case in meta["cases"].items()]
+
+
+@pytest.mark.parametrize("case, expected, sha256", hf_pixel_cases())
+def test_pixel_parity_with_committed_transformers_output(case, expected, sha256):
+    """The same claim without transformers: its pixel_values, made by tests/data/make_hf_pixels.py."""
+    path = IMAGE_DIR / case["image"]
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == sha256, \
+        f"{path.name} changed since its pixel_values were made: rerun tests/data/make_hf_pixels.py"
+    got = ImageProcessor(size=case["size"], crop_pct=case["crop_pct"])(path)
+    assert got.dtype == np.float32 and got.shape == (1, *expected.shape)
+    assert_allclose(got[0], expected, rtol=0, atol=PIXEL_ATOL, err_msg=path.name)
+
+
 def test_inputs_of_every_kind_agree():
     proc = ImageProcessor()
-    path = IMAGES[1]  # chelsea.png, RGB
+    path = IMAGE_DIR / "chelsea.png"  # RGB
     as_pil = Image.open(path)
     as_array = np.asarray(as_pil.convert("RGB"))
     batch = proc([path, str(path), as_pil, as_array])
@@ -72,7 +91,7 @@ def test_squash_and_warp():
 
 @pytest.mark.parametrize("mode", ["L", "LA", "P", "RGBA", "CMYK", "I;16", "1", "I", "F"])
 def test_every_pil_mode_becomes_rgb(mode):
-    base = Image.open(IMAGES[1]).convert("RGB")
+    base = Image.open(IMAGE_DIR / "chelsea.png").convert("RGB")
     img = base.convert(mode) if mode != "I;16" else Image.fromarray(
         (np.asarray(base.convert("L"), np.uint16) * 257))
     rgb = load_rgb(img)

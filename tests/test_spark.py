@@ -3,6 +3,7 @@ what cnp.classify gives, bad rows get an error instead of failing the job, pipel
 load, and each Python worker loads the model once."""
 
 import dataclasses
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -19,15 +20,14 @@ if shutil.which("java") is None and not os.environ.get("JAVA_HOME"):
     pytest.skip("Spark needs Java (none on PATH, JAVA_HOME unset)", allow_module_level=True)
 
 import convnext_np as cnp  # noqa: E402
-from conftest import FIXTURES  # noqa: E402
-from convnext_np.backends import BACKENDS  # noqa: E402
+from conftest import ALL_IMAGES, FIXTURES, IMAGE_DIR  # noqa: E402
 from convnext_np.spark import ImageClassifier, spark_image_to_array  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore:PySpark does not yet fully support pandas")
 
 MODEL = str(FIXTURES / "hf-safetensors")
-IMAGES = sorted((Path(__file__).parent / "data" / "images").iterdir())
-PNGS = [p for p in IMAGES if p.suffix == ".png"]
+PNGS = [p for p in ALL_IMAGES if p.suffix == ".png"]
+THREE_PNGS = [IMAGE_DIR / name for name in ("camera.png", "chelsea.png", "coffee.png")]
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +61,7 @@ def model():
 def image_dir(tmp_path_factory):
     """The test images and a file that claims to be a PNG but is not one."""
     d = tmp_path_factory.mktemp("images")
-    for p in IMAGES:
+    for p in ALL_IMAGES:
         shutil.copy(p, d / p.name)
     (d / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
     return d
@@ -85,8 +85,8 @@ def test_binary_file_equals_classify_and_a_bad_file_gets_an_error(spark, model, 
                           backend="numpy", embeddingCol="embedding")
     rows = by_name(clf.transform(df).select("path", "predictions", "error", "embedding").collect(),
                    "path")
-    assert sorted(rows) == sorted([p.name for p in IMAGES] + ["broken.png"])
-    for p in IMAGES:
+    assert sorted(rows) == sorted([p.name for p in ALL_IMAGES] + ["broken.png"])
+    for p in ALL_IMAGES:
         row = rows[p.name]
         assert row.error is None
         assert_same_predictions(row.predictions, cnp.classify(p, model=model, top_k=3))
@@ -101,7 +101,7 @@ def test_binary_file_equals_classify_and_a_bad_file_gets_an_error(spark, model, 
 def test_a_dds_under_a_png_name_is_its_rows_error_not_a_failed_job(spark, tmp_path):
     from test_untrusted_inputs import dds_header  # Pillow raises NotImplementedError on it
 
-    shutil.copy(PNGS[0], tmp_path / "good.png")
+    shutil.copy(IMAGE_DIR / "camera.png", tmp_path / "good.png")
     (tmp_path / "photo.png").write_bytes(dds_header())
     df = spark.read.format("binaryFile").load(str(tmp_path))
     clf = ImageClassifier(modelPath=MODEL, inputCol="content", topK=1, backend="numpy")
@@ -119,9 +119,9 @@ def test_batches_drop_invalid_and_column_names(spark, model, image_dir):
     out = clf.transform(df)
     assert out.columns == df.columns + ["classes", "why"]
     rows = by_name(out.collect(), "path")
-    assert sorted(rows) == sorted(p.name for p in IMAGES)  # broken.png dropped
-    expected = cnp.classify(IMAGES, model=model, top_k=10, batch_size=4)
-    for p, preds in zip(IMAGES, expected):
+    assert sorted(rows) == sorted(p.name for p in ALL_IMAGES)  # broken.png dropped
+    expected = cnp.classify(ALL_IMAGES, model=model, top_k=10, batch_size=4)
+    for p, preds in zip(ALL_IMAGES, expected):
         got = rows[p.name].classes
         assert rows[p.name].why is None
         assert_same_predictions(got, preds)
@@ -149,7 +149,7 @@ def test_image_source_png_equals_classify(spark, model, image_dir):
 def test_binary_content_gives_the_pixel_values_of_the_path(model):
     from convnext_np.spark import _open_encoded
 
-    for p in IMAGES:
+    for p in ALL_IMAGES:
         np.testing.assert_array_equal(model.preprocessor.preprocess(_open_encoded(p.read_bytes())),
                                       model.preprocessor.preprocess(p), strict=True)
 
@@ -185,7 +185,7 @@ def test_spark_image_to_array_checks_its_input():
 def test_pipeline_save_load_round_trip_with_preprocessing_overrides(spark, model, tmp_path):
     from pyspark.ml import Pipeline, PipelineModel
 
-    df = spark.read.format("binaryFile").load([str(p) for p in PNGS[:3]]).repartition(1)
+    df = spark.read.format("binaryFile").load([str(p) for p in THREE_PNGS]).repartition(1)
     clf = ImageClassifier(modelPath=MODEL, inputCol="content", topK=2, batchSize=1,
                           backend="numpy", size=64, cropPct=1.0, resample="bilinear")
     fitted = Pipeline(stages=[clf]).fit(df)
@@ -202,7 +202,7 @@ def test_pipeline_save_load_round_trip_with_preprocessing_overrides(spark, model
     small = cnp.ConvNeXt(model.config, model.params, backend="numpy", source=model.source,
                          preprocessor=dataclasses.replace(model.preprocessor, size=64,
                                                           crop_pct=1.0, resample="bilinear"))
-    for p in PNGS[:3]:
+    for p in THREE_PNGS:
         assert_same_predictions(rows[p.name].predictions, cnp.classify(p, model=small, top_k=2))
 
 
@@ -210,7 +210,7 @@ def test_each_python_worker_loads_the_model_once(spark, image_dir):
     df = spark.read.format("binaryFile").load(str(image_dir)).repartition(4)
     clf = ImageClassifier(modelPath=MODEL, inputCol="content", backend="numpy")
     for _ in range(2):
-        assert clf.transform(df).count() == len(IMAGES) + 1
+        assert clf.transform(df).count() == len(ALL_IMAGES) + 1
 
     def loads(batches):  # in the same kind of worker (an Arrow one) as the transform's
         import pyarrow as pa
@@ -227,14 +227,15 @@ def test_model_shipped_with_add_file_is_found_by_name(spark, model, tmp_path):
     shipped = tmp_path / "shipped-convnext"
     shutil.copytree(MODEL, shipped)
     spark.sparkContext.addFile(str(shipped), recursive=True)  # what --files / --archives do
-    df = spark.read.format("binaryFile").load(str(PNGS[0]))
+    df = spark.read.format("binaryFile").load(str(IMAGE_DIR / "camera.png"))
     row = ImageClassifier(modelPath="shipped-convnext", inputCol="content", topK=1,
                           backend="numpy", batchSize=1).transform(df).first()
     assert row.error is None
-    assert row.predictions[0]["index"] == cnp.classify(PNGS[0], model=model, top_k=1)[0].index
+    expected = cnp.classify(IMAGE_DIR / "camera.png", model=model, top_k=1)[0].index
+    assert row.predictions[0]["index"] == expected
 
 
-@pytest.mark.skipif("numba" not in BACKENDS, reason="no numba backend")
+@pytest.mark.skipif(importlib.util.find_spec("numba") is None, reason="numba is not installed")
 def test_numba_backend_uses_task_cpus_threads(spark, model, image_dir):
     df = spark.read.format("binaryFile").load([str(p) for p in PNGS]).repartition(2)
     clf = ImageClassifier(modelPath=MODEL, inputCol="content", topK=10, backend="numba")
@@ -256,7 +257,7 @@ def test_numba_backend_uses_task_cpus_threads(spark, model, image_dir):
 
 
 def test_driver_side_checks(spark):
-    df = spark.read.format("binaryFile").load(str(IMAGES[0]))
+    df = spark.read.format("binaryFile").load(str(IMAGE_DIR / "camera.png"))
     with pytest.raises(ValueError, match="setInputCol\\('content'\\)"):
         ImageClassifier(modelPath=MODEL).transform(df)
     with pytest.raises(ValueError, match="column 'path' is string"):
@@ -288,7 +289,7 @@ def test_annotations_are_spark_nlp_shaped_and_carry_every_score(spark, model, im
         "string", "int", "int", "string", "map<string,string>", "array<float>"]
     rows = by_name(out.select("path", "class", "class.result", "error").collect(), "path")
     labels = set(model.config.id2label.values())
-    for p in IMAGES:
+    for p in ALL_IMAGES:
         row = rows[p.name]
         expected = cnp.classify(p, model=model, top_k=model.config.num_labels)
         (a,) = row["class"]
@@ -316,8 +317,12 @@ def test_the_spark_doc_aggregation_equals_evaluate(spark, model, tmp_path):
 
     text = (Path(__file__).parent.parent / "docs" / "spark.md").read_text(encoding="utf-8")
     code = re.search(r"## Evaluate on a DataFrame.*?```python\n(.*?)```", text, re.S).group(1)
-    preds = cnp.classify([str(p) for p in PNGS], model=model, top_k=3)
-    for p, pred, rank in zip(PNGS, preds, [0, 1, 2, 0]):  # filed under its 1st, 2nd, 3rd label
+    # each photo is filed under its 1st, 2nd or 3rd label
+    ranks = {"camera.png": 0, "chelsea.png": 1, "coffee.png": 2, "logo.png": 0}
+    photos = [IMAGE_DIR / name for name in ranks]
+    preds = cnp.classify(photos, model=model, top_k=3)
+    for p, pred in zip(photos, preds):
+        rank = ranks[p.name]
         (tmp_path / pred[rank].label).mkdir(exist_ok=True)
         shutil.copy(p, tmp_path / pred[rank].label / p.name)
     code = code.replace('"/data/val"', repr(str(tmp_path))).replace('"/models/my-classifier"', repr(MODEL))

@@ -12,7 +12,9 @@ with the repository on ``PYTHONPATH``:
   the reference outputs) and ``reference.json`` (what made them). Cases: timm's overlapping
   stems (``_ols``: tiered, plain, with GELU), SimpleNorm (``zepto_rms``), head-norm-first
   (``_hnf``), the pre-logits MLP head (``large_mlp``), DINOv3 ConvNeXt in transformers, timm and
-  original naming, and transformers' ConvNextBackbone with its per-map LayerNorms.
+  original naming, transformers' ConvNextBackbone with its per-map LayerNorms, and timm's three
+  unit-test models (``test_convnext*``: GELU-tanh, SiLU, 5x5 and 3x3 kernels, norm_eps 1e-5) at
+  their own sizes, with a 10-class head.
 - ``convnext_np/data/timm_tags.json``: every pretrained ConvNeXt tag of this timm, with the
   structure its architecture builds, its head size and its pretrained_cfg essentials.
 
@@ -97,6 +99,23 @@ def timm_fixtures() -> None:
         record(OUT / case / "reference", lambda x: run_timm(model, x), MICRO_INPUTS, True,
                {"reference": f"timm ConvNeXt({', '.join(f'{k}={v!r}' for k, v in kwargs.items())})",
                 "layout": "timm", "seed": SEED + i})
+
+
+# case -> timm architecture, built by timm.create_model as registered (only the head made smaller)
+TIMM_TEST_CASES = {"timm-test-convnext": "test_convnext", "timm-test-convnext2": "test_convnext2",
+                   "timm-test-convnext3": "test_convnext3"}
+
+
+def timm_test_fixtures() -> None:
+    for i, (case, architecture) in enumerate(TIMM_TEST_CASES.items()):
+        model = timm.create_model(architecture, pretrained=False, num_classes=K).eval()
+        sd = realistic_state_dict(shapes_of(model), SEED + 40 + i)
+        model.load_state_dict(as_torch(sd), strict=True)
+        cfg = {k: model.pretrained_cfg[k] for k in TIMM_CFG}
+        timm_dir(OUT / case, model, sd, architecture, cfg)
+        record(OUT / case / "reference", lambda x: run_timm(model, x), MICRO_INPUTS, True,
+               {"reference": f"timm.create_model({architecture!r}, num_classes={K})",
+                "layout": "timm", "seed": SEED + 40 + i})
 
 
 def dinov3_original_names(hf_shapes: dict) -> dict:
@@ -219,6 +238,7 @@ def main() -> None:
     torch.manual_seed(0)
     shutil.rmtree(OUT, ignore_errors=True)
     timm_fixtures()
+    timm_test_fixtures()
     dinov3_fixtures()
     backbone_fixture()
     tag_table()
