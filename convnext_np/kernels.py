@@ -21,15 +21,19 @@ Numba's on-disk cache, on first use.
 
 from __future__ import annotations
 
+import json
 import os
+import sys
 import threading
 import weakref
+from typing import NamedTuple
 
 import llvmlite.binding
 import numba
 import numpy as np
 from llvmlite import ir
 from numba import njit, prange, types
+from numba.core.caching import FunctionCache
 from numba.extending import intrinsic, overload
 
 from . import ops as _numpy_ops
@@ -77,22 +81,62 @@ CHUNK = 1 << 14  # elements per task of the purely elementwise kernels
 # the same kernel; rows past ``mv`` read row ``mv - 1`` again and are never stored.
 
 
-def _vector_shape():
-    """(lanes, MR, NR) for this CPU: what fits the vector register file of the host's ISA."""
+def _lanes():
+    """Floats per vector register of the host's ISA: 16 (AVX-512), 8 (AVX2 with FMA), else 4."""
     if numba.config.CPU_NAME not in (None, "host"):  # NUMBA_CPU_NAME: assume only SSE-class vectors
-        return 4, 6, 8
+        return 4
     features = llvmlite.binding.get_host_cpu_features()
     if features.get("avx512f"):
-        return 16, 14, 32  # 32 zmm: 28 accumulators, 2 weight vectors, 1 broadcast
+        return 16
     if features.get("avx2") and features.get("fma"):
-        return 8, 6, 16  # 16 ymm: 12 + 2 + 1
-    return 4, 6, 8  # 16 xmm (SSE, NEON): 12 + 2 + 1
+        return 8
+    return 4
 
 
-LANES, MR, NR = _vector_shape()
-KC = 256
-MC = 16 * MR  # rows per block of activations kept in L2 (16 * 14 * KC floats: 224 KiB)
+LANES = _lanes()
 PREFETCH_ROWS = 64  # weight rows ahead that the kernel asks the cache for (16: 4% slower)
+
+
+class Plan(NamedTuple):
+    """How the GEMM is blocked: the micro-kernel's MR x NR block of outputs (NR a multiple of the
+    vector ``lanes``), and the cache blocks, MC rows of activations by KC of the inner dimension."""
+
+    lanes: int
+    mr: int
+    nr: int
+    mc: int
+    kc: int
+
+    def __str__(self):
+        return f"{self.mr}x{self.nr} MC {self.mc} KC {self.kc} ({self.lanes} lanes)"
+
+
+def candidate_plans(lanes=None):
+    """The plans worth trying for vectors of ``lanes`` floats (this CPU's by default), the
+    default first. Each register block fits the 32 (AVX-512) or 16 vector registers with its
+    weight vectors and one broadcast; MC x KC floats of activations stay in L2, KC x NR of
+    weights in L1 (docs/kernels.md, "Plans")."""
+    lanes = LANES if lanes is None else lanes
+    if lanes == 16:  # 32 zmm: 14 x 32 is 28 accumulators + 2 weight vectors + 1 broadcast
+        shapes = [(14, 32, 256), (8, 48, 256), (6, 64, 256), (12, 32, 384)]
+    elif lanes == 8:  # 16 ymm: 6 x 16 is 12 + 2 + 1
+        shapes = [(6, 16, 256), (4, 24, 256), (12, 8, 256)]
+    else:  # 16 xmm (SSE, NEON)
+        shapes = [(6, 8, 256), (4, 12, 256)]
+    return [Plan(lanes, mr, nr, 16 * mr, kc) for mr, nr, kc in shapes]
+
+
+PLAN_ENV = "CONVNEXT_NP_GEMM_PLAN"  # "lanes,mr,nr,mc,kc": this plan, whatever is recorded (tests, benchmarks)
+PLAN_FILE = "convnext_np-plan.json"  # the plan chosen on this machine (convnext_np.warmup), beside Numba's cache
+
+
+def machine_key():
+    """What a chosen plan (and Numba's compiled code) depends on: this kernels.py, Numba, Python and the CPU."""
+    stat = os.stat(__file__)
+    return {"kernels": [stat.st_mtime_ns, stat.st_size], "numba": numba.__version__,
+            "python": sys.version.split()[0], "cpu": llvmlite.binding.get_host_cpu_name(),
+            "cpu_features": llvmlite.binding.get_host_cpu_features().flatten(),
+            "cpu_name_override": numba.config.CPU_NAME}
 
 
 class _VectorIR:
@@ -229,9 +273,6 @@ def _make_microkernel(lanes, mr, nr):
         return sig, codegen
 
     return mk
-
-
-_microkernel = _make_microkernel(LANES, MR, NR)
 
 
 def pack(w):
@@ -1179,3 +1220,72 @@ def block(x, dwconv_w, dwconv_b, norm_w, norm_b, pwconv1_w, pwconv1_b, pwconv2_w
         _block_tall(x, dw_w, dw_b, ln_w, ln_b, _F32(eps), _panels(w1), b1, _panels(w2), b2, g, tasks,
                     a3, hid3, o3, out)
     return out
+
+
+# --- The GEMM plan in use -------------------------------------------------------------------------
+
+def cache_dir():
+    """Where Numba caches this module's compiled functions (None with the JIT off): every
+    ``cache=True`` function here has the same directory, chosen when it was decorated."""
+    if numba.config.DISABLE_JIT:
+        return None
+    from pathlib import Path
+
+    return Path(_global_avg_pool._cache._cache_path)
+
+
+def parse_plan(text, source=PLAN_ENV):
+    """A Plan from ``"lanes,mr,nr,mc,kc"``; a ValueError naming ``source`` when it is not one."""
+    try:
+        plan = Plan(*(int(v) for v in str(text).split(",")))
+    except (TypeError, ValueError):
+        plan = None
+    if plan is None or plan.lanes not in (4, 8, 16) or min(plan) < 1 or plan.nr % plan.lanes:
+        raise ValueError(f"{source}: {text!r} is not a GEMM plan 'lanes,mr,nr,mc,kc' (lanes 4, 8 or 16, "
+                         "nr a multiple of lanes, all positive)")
+    return plan
+
+
+def recorded_plan():
+    """The plan that convnext_np.warmup chose on this machine for this kernels.py, or None."""
+    directory = cache_dir()
+    if directory is None:
+        return None
+    try:
+        data = json.loads((directory / PLAN_FILE).read_text(encoding="utf-8"))
+        if data["key"] == machine_key():
+            plan = parse_plan(",".join(map(str, data["plan"])), str(directory / PLAN_FILE))
+            return plan if plan.lanes == LANES else None
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    return None
+
+
+def _choose_plan():
+    if os.environ.get(PLAN_ENV):
+        return parse_plan(os.environ[PLAN_ENV])
+    return recorded_plan() or candidate_plans()[0]
+
+
+PLAN = _choose_plan()
+_, MR, NR, MC, KC = PLAN
+_microkernel = _make_microkernel(PLAN.lanes, MR, NR)
+
+
+def _key_cache_by_plan():
+    """Make the plan part of every cached function's key in Numba's on-disk cache.
+
+    Numba freezes the globals a function reads (MR, NR, MC, KC) into its compiled code, but keys
+    its cache on the signature, the bytecode and the CPU only: code compiled under one plan would
+    be loaded under another, its panels laid out for another NR. So each cached function's
+    index key gets the plan appended, and the plans' compiled code lives side by side.
+    """
+    for f in list(globals().values()):
+        cache = getattr(f, "_cache", None)
+        if isinstance(cache, FunctionCache):
+            base = cache._index_key
+            cache._index_key = lambda sig, codegen, base=base: base(sig, codegen) + (tuple(PLAN),)
+
+
+if not numba.config.DISABLE_JIT:
+    _key_cache_by_plan()
