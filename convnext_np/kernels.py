@@ -478,14 +478,16 @@ def _panels(w):
 # ``w`` the (C_in, C_out) weight. It is computed here rather than in BLAS because (1) the
 # epilogue (bias, GELU, layer scale, residual) then runs on each block of outputs while it is
 # still in L1, (2) the GEMM runs inside the caller's Numba threads, so no BLAS thread pool spins
-# against them (docs/kernels.md), and (3) it is faster: with the AVX-512 kernel, 265-280 GFLOP/s per
-# core on the tiny's shapes, against 262-271 for NumPy's OpenBLAS on two cores as this machine is
-# configured (docs/kernels.md has the measurements).
+# against them (docs/kernels.md), and (3) it is as fast or faster: on the AMD Zen machines, with
+# the AVX-512 kernel, 265-280 GFLOP/s per core on the tiny's shapes against 262-271 for NumPy's
+# OpenBLAS on two cores; on an Intel Xeon, on par with OpenBLAS core for core (docs/kernels.md
+# has the measurements).
 #
 # Goto/BLIS structure (_gemm), with the register-blocked inner kernel written in LLVM IR: an
-# MR x NR block of ``c`` (MR rows, NR = 2 vectors of columns) lives in MR * NR / lanes vector
-# registers (28 of the 32 zmm registers with AVX-512) for a whole run over k; each step loads
-# NR weights (2 vectors), broadcasts MR activations and issues MR * 2 fused multiply-adds.
+# MR x NR block of ``c`` (MR rows, NR columns: NR / lanes vectors) lives in MR * NR / lanes
+# vector registers (28 of the 32 zmm registers with AVX-512 and the default 14 x 32) for a whole
+# run over k; each step loads NR weights, broadcasts MR activations and issues MR * NR / lanes
+# fused multiply-adds. MR, NR and the cache blocks MC, KC are this machine's Plan (section 9).
 # Written as plain Numba loops the accumulators went through memory; the IR keeps them in SSA
 # values, so LLVM's register allocator keeps them in registers. The weight is read from packed
 # column panels (pack), one contiguous stream per run over k, which the kernel prefetches
