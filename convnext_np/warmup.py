@@ -19,7 +19,12 @@ Every compile on a machine runs under one file lock in the cache directory, so S
 and parallel workers compile once, and no two processes rewrite Numba's cache index at once
 (each rewrites the whole index, so concurrent writers can drop each other's entries). The cache
 counts as warm when the marker that a finished compile writes there matches this ``kernels.py``,
-Numba, Python and CPU.
+Numba, Python, CPU and GEMM plan.
+
+The warm-up process (not a model's first call) also chooses the machine's GEMM plan, once:
+:func:`tune` times the candidate blockings of :func:`convnext_np.kernels.candidate_plans` on
+ConvNeXt-T's GEMMs and records the fastest beside Numba's cache (``kernels.PLAN_FILE``), which
+``kernels.py`` reads when it is imported (docs/kernels.md, "Plans").
 """
 
 from __future__ import annotations
