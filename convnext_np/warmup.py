@@ -227,14 +227,24 @@ def _gemm_worker(contender: str) -> None:
     (``np.matmul``, for benchmarks/bench_gemm.py). Replies: seconds per GEMM, in
     ``gemm_shapes`` order, for each batch."""
     rng = np.random.default_rng(0)
+    weights = {}  # one block's fc1 and fc2 per stage, for both batch sizes, as a model's
+    for c in TUNE_WIDTHS:
+        for k, n in ((c, 4 * c), (4 * c, c)):
+            w = rng.standard_normal((k, n), np.float32) * np.float32(k ** -0.5)
+            w.flags.writeable = False  # read-only, as a model's: its panels are packed once
+            weights[k, n] = w, np.zeros(n, np.float32)
+    # One buffer each for a stage's input, its fc1 output (fc2's input) and fc2's output, sized for
+    # the largest and shared by all shapes: 58 MB, not the 180 MB of a pair of arrays per GEMM.
+    size = max(m * k for batch in TUNE_BATCHES for m, k, _ in gemm_shapes(batch))
+    x_buf = rng.standard_normal(size // 4, np.float32)
+    h_buf, y_buf = np.empty(size, np.float32), np.empty(size // 4, np.float32)
     cases = {}
     for batch in TUNE_BATCHES:
         cases[batch] = []
-        for m, k, n in gemm_shapes(batch):
-            w = (rng.standard_normal((k, n), np.float32) * k ** -0.5)
-            w.flags.writeable = False  # read-only, as a model's: its panels are packed once
-            cases[batch].append((rng.standard_normal((m, k), np.float32), w, np.zeros(n, np.float32),
-                                 np.empty((m, n), np.float32)))
+        for c, side in zip(TUNE_WIDTHS, TUNE_SIDES):
+            m = batch * side * side
+            x, h, y = x_buf[:m * c].reshape(m, c), h_buf[:m * 4 * c].reshape(m, 4 * c), y_buf[:m * c].reshape(m, c)
+            cases[batch] += [(x, *weights[c, 4 * c], h), (h, *weights[4 * c, c], y)]  # gemm_shapes' order
     if contender == "numpy":
         def gemm(a, w, b, out):
             np.matmul(a, w, out=out)
