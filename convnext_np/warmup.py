@@ -362,7 +362,13 @@ def run(wait: bool = False, tune_plan: bool = False) -> float | None:
         if not mine or (ready() and not (tune_plan and _needs_tuning())):
             return None
         started = time.perf_counter()
-        plan = tune()[0] if tune_plan and _needs_tuning() else kernels.PLAN
+        plan = kernels.PLAN
+        if tune_plan and _needs_tuning():
+            try:
+                plan = tune()[0]
+            except Exception as error:  # noqa: BLE001 (a worker died, say): compile the plan in use
+                log.warning("choosing the GEMM plan failed (%s); compiling the Numba kernels for %s",
+                            error, plan)
         if plan == kernels.PLAN:
             _ready = True  # the model calls below run on Numba, compiling
             try:

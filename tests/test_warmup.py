@@ -169,3 +169,19 @@ def test_the_fastest_plan_is_recorded_for_this_machine_only(tmp_path, monkeypatc
     record["key"]["cpu"] = "another-cpu"  # a plan chosen on another machine (or for another kernels.py) is not used
     (tmp_path / kernels.PLAN_FILE).write_text(json.dumps(record))
     assert kernels.recorded_plan() is None
+
+
+def test_a_failed_tuning_still_compiles_the_plan_in_use(tmp_path, monkeypatch, caplog):
+    def broken():
+        raise RuntimeError("the GEMM worker for 16,14,32,224,256 failed (exit -9)")
+
+    compiled = []
+    monkeypatch.setattr(warmup, "_cache_dir", lambda: tmp_path)
+    monkeypatch.setattr(warmup, "_ready", False)
+    monkeypatch.setattr(warmup, "_needs_tuning", lambda: True)
+    monkeypatch.setattr(warmup, "tune", broken)
+    monkeypatch.setattr(warmup, "compile_all", lambda: compiled.append(kernels.PLAN))
+    with caplog.at_level(logging.WARNING, logger="convnext_np"):
+        assert warmup.run(tune_plan=True) > 0
+    assert compiled == [kernels.PLAN] and "choosing the GEMM plan failed" in caplog.text
+    assert json.loads((tmp_path / warmup.MARKER).read_text())["key"]["plan"] == list(kernels.PLAN)
