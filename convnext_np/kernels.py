@@ -30,8 +30,8 @@ Contents, in order:
 2. Public: the ops and fused layers (``linear``, ``patchify``, ``stem``, ``downsample``,
    ``conv2d``, ``depthwise_conv``, ``layer_norm``, ``gelu``, ``global_avg_pool``, ``grn``,
    ``block``).
-3. Public: GEMM plans and packing (``Plan``, ``candidate_plans``, ``parse_plan``,
-   ``recorded_plan``, ``machine_key``, ``cache_dir``, ``pack``).
+3. Public: GEMM plans, packing, start-up (``Plan``, ``candidate_plans``, ``parse_plan``,
+   ``recorded_plan``, ``machine_key``, ``cache_dir``, ``initialise``, ``pack``).
 4. Private: what the public functions share (argument checks, scratch, row tiles, weight
    panels kept per weight, the patch layers and ``linear``'s body).
 5. Private: the GEMM (the LLVM IR helpers, the register-blocked micro-kernel, ``_gemm``).
@@ -326,6 +326,18 @@ def recorded_plan():
     except (OSError, ValueError, KeyError, TypeError):
         pass
     return None
+
+
+def initialise():
+    """Initialise Numba's CPU compiler now, as the first compile or cache load in a process would
+    (about 0.4 s here: its typing and lowering registries, and the scipy BLAS it checks for), so
+    that a thread can do it while the process does other work (convnext_np.backends.prepare)."""
+    if not numba.config.DISABLE_JIT:
+        from numba.core.compiler_lock import global_compiler_lock
+        from numba.core.registry import cpu_target
+
+        with global_compiler_lock:
+            cpu_target.target_context.refresh()
 
 
 def pack(w):

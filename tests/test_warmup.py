@@ -185,3 +185,18 @@ def test_a_failed_tuning_still_compiles_the_plan_in_use(tmp_path, monkeypatch, c
         assert warmup.run(tune_plan=True) > 0
     assert compiled == [kernels.PLAN] and "choosing the GEMM plan failed" in caplog.text
     assert json.loads((tmp_path / warmup.MARKER).read_text())["key"]["plan"] == list(kernels.PLAN)
+
+
+def test_prepare_initialises_numba_in_the_background_only_when_it_may_serve():
+    out, _ = run_python("""
+        import sys
+        from convnext_np import backends
+        backends.prepare("numpy")
+        assert not backends._preparing and "numba" not in sys.modules
+        backends.prepare("auto")
+        backends.prepare("numba")  # once per process
+        assert len(backends._preparing) == 1
+        backends._preparing[0].join(120)
+        print("numba.np.arraymath" in sys.modules)  # imported when the compiler's registries load
+    """)
+    assert out.strip() == "True"
