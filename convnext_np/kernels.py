@@ -1325,6 +1325,7 @@ def _grn(x2, hw, w, b, ntasks):
 # ==================================================================================================
 
 def _choose_plan():
+    """CONVNEXT_NP_GEMM_PLAN if set, else the plan recorded for this machine, else the default."""
     if os.environ.get(PLAN_ENV):
         return parse_plan(os.environ[PLAN_ENV])
     return recorded_plan() or candidate_plans()[0]
