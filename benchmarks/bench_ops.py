@@ -46,6 +46,7 @@ def per_op(backend: str, d: Path, size: int, batch: int, reps: int) -> dict:
     ops = backends.get(backend)
     dims = net.config.hidden_sizes
     x = harness.pixels(batch, size)
+    net(x)  # before the ops are wrapped: a cold Numba cache compiles here, on small warm-up models
     acc = defaultdict(float)
     where, in_op = ["glue"], [False]
 

@@ -12,6 +12,7 @@ a call until then (:mod:`convnext_np.warmup`).
 
 import importlib
 import os
+import threading
 
 BACKENDS = {"numba": "convnext_np.kernels", "numpy": "convnext_np.ops"}
 PREFERENCE = ("numba", "numpy")
@@ -32,6 +33,34 @@ def resolve(name: str = "auto") -> str:
         raise ValueError(f"unknown backend {name!r}; choose 'auto' or one of {sorted(BACKENDS)}")
     get(name)
     return name
+
+
+_preparing = []
+
+
+def prepare(name: str = "auto") -> None:
+    """Start making the numba backend ready in a background thread, when ``name`` may resolve to
+    it; return at once.
+
+    A process's first use of Numba costs about 0.6 s before any kernel runs: importing Numba, and
+    initialising its compiler's registries (:func:`convnext_np.kernels.initialise`). A loader that
+    calls this before reading the weights overlaps the two. Nothing here compiles, and a failure
+    is silent: resolving the backend, later, imports it again and reports it (or picks NumPy).
+    """
+    if name == "auto":
+        name = os.environ.get("CONVNEXT_NP_BACKEND", "auto")
+    if name not in ("auto", "numba") or _preparing:
+        return
+
+    def initialise():
+        try:
+            get("numba").initialise()
+        except Exception:  # noqa: BLE001 (Numba missing or broken: resolve() deals with it)
+            pass
+
+    thread = threading.Thread(target=initialise, name="convnext_np-prepare", daemon=True)
+    _preparing.append(thread)
+    thread.start()
 
 
 def get(name: str):

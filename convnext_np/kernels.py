@@ -13,26 +13,58 @@ threads, so no BLAS worker ever spins against them (docs/kernels.md, "Threads").
 kernels, the GEMM's and the depthwise conv's, are written in LLVM IR through
 ``numba.extending.intrinsic`` so that their accumulators stay in registers; everything else is
 plain Numba. No ``fastmath`` beyond FMA contraction and, in the LayerNorm sums, reassociation:
-both change results by float32 rounding only.
+both change results by float32 rounding only. The GEMM's blocking is this machine's plan
+(:class:`Plan`), chosen once per machine by ``python -m convnext_np.warmup``.
 
 Importing this module imports Numba and compiles nothing: each kernel compiles, or loads from
 Numba's on-disk cache, on first use.
+
+Why one file: Numba's on-disk cache checks a cached function against its own source file only
+(its size and modification time). A kernel that calls a helper from another module would be
+loaded from the cache after that helper changed, with the old helper compiled into it. Every
+compiled function lives here, so any edit to any of them invalidates them all.
+
+Contents, in order:
+
+1. Settings: threads, compile flags, work decomposition, the vector width.
+2. Public: the ops and fused layers (``linear``, ``patchify``, ``stem``, ``downsample``,
+   ``conv2d``, ``depthwise_conv``, ``layer_norm``, ``gelu``, ``global_avg_pool``, ``grn``,
+   ``block``).
+3. Public: GEMM plans, packing, start-up (``Plan``, ``candidate_plans``, ``parse_plan``,
+   ``recorded_plan``, ``machine_key``, ``cache_dir``, ``initialise``, ``pack``).
+4. Private: what the public functions share (argument checks, scratch, row tiles, weight
+   panels kept per weight, the patch layers and ``linear``'s body).
+5. Private: the GEMM (the LLVM IR helpers, the register-blocked micro-kernel, ``_gemm``).
+6. Private: scalar and row helpers (GELU, LayerNorm, GRN, epilogues).
+7. Private: the depthwise conv (its IR kernel, ring buffer, rows and spans).
+8. Private: the parallel kernels that the public functions call.
+9. The plan in use (``PLAN``, read when the module is imported), and Numba's cache keyed on it.
 """
+
 
 from __future__ import annotations
 
+import json
 import os
+import sys
 import threading
 import weakref
+from typing import NamedTuple
 
 import llvmlite.binding
 import numba
 import numpy as np
 from llvmlite import ir
 from numba import njit, prange, types
+from numba.core.caching import FunctionCache
 from numba.extending import intrinsic, overload
 
 from . import ops as _numpy_ops
+
+
+# ==================================================================================================
+# 1. Settings: threads, compile flags, work decomposition, the vector width
+# ==================================================================================================
 
 if "OMP_NUM_THREADS" in os.environ and "NUMBA_NUM_THREADS" not in os.environ:
     try:
@@ -55,44 +87,425 @@ MIN_TILE_ROWS = 32
 CHUNK = 1 << 14  # elements per task of the purely elementwise kernels
 
 
-# --- GEMM ---------------------------------------------------------------------------------------
-#
+def _lanes():
+    """Floats per vector register of the host's ISA: 16 (AVX-512), 8 (AVX2 with FMA), else 4."""
+    if numba.config.CPU_NAME not in (None, "host"):  # NUMBA_CPU_NAME: assume only SSE-class vectors
+        return 4
+    features = llvmlite.binding.get_host_cpu_features()
+    if features.get("avx512f"):
+        return 16
+    if features.get("avx2") and features.get("fma"):
+        return 8
+    return 4
+
+
+LANES = _lanes()
+PREFETCH_ROWS = 64  # weight rows ahead that the kernel asks the cache for (16: 4% slower)
+
+
+# ==================================================================================================
+# 2. Public: the ops of convnext_np.ops, and the fused layers of convnext_np.model
+# ==================================================================================================
+
+def linear(x, w, b):
+    """[..., in] -> [..., out]: ``x @ w + b``."""
+    x, w, b = _f32(x), _f32(w), _f32(b)
+    _check(w.ndim == 2 and x.shape[-1] == w.shape[0] and b.shape == (w.shape[1],),
+           f"linear: x {x.shape}, w {w.shape}, b {b.shape} do not fit (x @ w + b)")
+    x2 = x.reshape(-1, w.shape[0])
+    out = np.empty((x2.shape[0], w.shape[1]), np.float32)
+    _linear_into(x2, w, b, out)
+    return out.reshape(*x.shape[:-1], w.shape[1])
+
+
+def patchify(x, w, b, patch):
+    """Conv with kernel = stride = ``patch``, no padding. [N, H, W, Ci] -> [N, H//patch, W//patch, Co]"""
+    return _patch_layer(x, w, b, patch)
+
+
+def stem(x, w, b, norm_w, norm_b, *, eps, ops=None):
+    """model.stem fused: 4x4 patchify, bias and LayerNorm in one pass (``ops`` is ignored)."""
+    return _patch_layer(x, w, b, 4, post=(norm_w, norm_b, eps))
+
+
+def downsample(x, norm_w, norm_b, w, b, *, eps, ops=None):
+    """model.downsample fused: LayerNorm while gathering the 2x2 patches, then the GEMM."""
+    return _patch_layer(x, w, b, 2, pre=(norm_w, norm_b, eps))
+
+
+def conv2d(x, w, b, kernel, stride, padding):
+    """Dense conv of timm's overlapping (``_ols``) stem: the NumPy op (window gather, then one
+    GEMM), run once per image at the input resolution; no kernel of its own."""
+    return _numpy_ops.conv2d(x, w, b, kernel, stride, padding)
+
+
+def depthwise_conv(x, w, b):
+    """Depthwise kxk conv, stride 1, zero padding k//2, with bias. w: (k, k, C)."""
+    x, w, b = _f32(x), _f32(w), _f32(b)
+    _check(x.ndim == 4 and w.ndim == 3 and w.shape[0] == w.shape[1] and w.shape[0] % 2 == 1
+           and w.shape[2] == x.shape[3] and b.shape == (x.shape[3],),
+           f"depthwise_conv: x {x.shape}, w {w.shape}, b {b.shape} do not fit")
+    out = np.empty_like(x)
+    if x.size:
+        _depthwise_conv(x, w, b, min(_threads(), x.shape[0] * x.shape[1]), out)
+    return out
+
+
+def layer_norm(x, w, b, eps):
+    """LayerNorm over the last axis (channels), biased variance, eps inside the sqrt."""
+    x, w, b = _f32(x), _f32(w), _f32(b)
+    _check(w.shape == b.shape == (x.shape[-1],),
+           f"layer_norm: x {x.shape}, w {w.shape}, b {b.shape} do not fit")
+    x2 = x.reshape(-1, x.shape[-1])
+    out = np.empty_like(x2)
+    if x2.size:
+        tasks = max(1, min(_threads() * 4, x2.shape[0] // 16))
+        _layer_norm(x2, w, b, _F32(eps), tasks, out)
+    return out.reshape(x.shape)
+
+
+def gelu(x):
+    """Exact GELU, x Phi(x), float32 (see ops.gelu for the formula)."""
+    x = _f32(x)
+    out = np.empty_like(x)
+    if x.size:
+        _gelu(x.reshape(-1), out.reshape(-1))
+    return out
+
+
+def global_avg_pool(x):
+    """[N, H, W, C] -> [N, C]"""
+    x = _f32(x)
+    _check(x.ndim == 4, f"global_avg_pool: x must be (N, H, W, C), got {x.shape}")
+    out = np.empty((x.shape[0], x.shape[3]), np.float32)
+    _global_avg_pool(x, out)
+    return out
+
+
+def grn(x, w, b):
+    """ConvNeXt V2's Global Response Normalization (see ops.grn). [N, H, W, C] -> [N, H, W, C]"""
+    x, w, b = _f32(x), _f32(w), _f32(b)
+    _check(x.ndim == 4 and w.shape == b.shape == (x.shape[3],),
+           f"grn: x {x.shape}, w {w.shape}, b {b.shape} do not fit")
+    out = x.copy()
+    if x.size:
+        n, hw = x.shape[0], x.shape[1] * x.shape[2]
+        _grn(out.reshape(n * hw, x.shape[3]), hw, w, b, min(_threads() * 4, n * hw))
+    return out
+
+
+def block(x, dwconv_w, dwconv_b, norm_w, norm_b, pwconv1_w, pwconv1_b, pwconv2_w, pwconv2_b,
+          gamma=None, grn_w=None, grn_b=None, *, eps, ops=None):
+    """The ConvNeXt block of :func:`convnext_np.model.block`, fused (``ops`` is ignored): V1 with
+    layer scale ``gamma``, V2 with a GRN (``grn_w``, ``grn_b``).
+
+    [N, H, W, C] -> [N, H, W, C]
+    """
+    x = _f32(x)
+    dw_w, dw_b, ln_w, ln_b, w1, b1, w2, b2 = (_f32(a) for a in (
+        dwconv_w, dwconv_b, norm_w, norm_b, pwconv1_w, pwconv1_b, pwconv2_w, pwconv2_b))
+    c = x.shape[-1]
+    # Without layer scale (V2), a scale of ones, read-only as a loaded model's weights are, so that
+    # V1 and V2 share the compiled specializations of the GEMM; without GRN (V1), None, for which
+    # Numba compiles the kernels without GRN's code.
+    g = _f32(gamma) if gamma is not None else _read_only_ones(c)
+    v2 = grn_w is not None
+    gw, gb = (_f32(grn_w), _f32(grn_b)) if v2 else (None, None)
+    _check(x.ndim == 4 and dw_w.ndim == 3 and dw_w.shape[0] == dw_w.shape[1] and dw_w.shape[0] % 2
+           and dw_w.shape[2] == c and dw_b.shape == ln_w.shape == ln_b.shape == b2.shape == g.shape == (c,)
+           and w1.ndim == 2 and w1.shape[0] == c and b1.shape == (w1.shape[1],)
+           and w2.shape == (w1.shape[1], c) and (not v2 or gw.shape == gb.shape == b1.shape),
+           f"block: x {x.shape} does not fit the block's weights (dwconv {dw_w.shape}, "
+           f"pwconv1 {w1.shape}, pwconv2 {w2.shape}, grn {gw.shape if v2 else None})")
+    out = np.empty_like(x)
+    if x.size == 0:
+        return out
+    m, threads, c4 = x.size // c, _threads(), w1.shape[1]
+    if not _is_tall(m, threads):
+        _block_wide(x, dw_w, dw_b, ln_w, ln_b, _F32(eps), _panels(w1), b1, gw, gb, _panels(w2), b2, g,
+                    threads, out)
+    elif v2:
+        n, hw = x.shape[0], x.shape[1] * x.shape[2]
+        if n % threads == 0:  # whole images per thread
+            group, tasks = 0, threads
+            a3, hid3 = _scratch(threads, hw, c, c4)
+            ssq3 = np.empty((1, n, c4), np.float32)
+        else:  # groups of images whose fc1 output is about the size of V1's tiles together
+            group = min(n, max(1, threads * TILE_FLOATS // (hw * c4)))
+            tasks = _row_tasks(group * hw, c4, threads)
+            a3, hid3 = _scratch(1, group * hw, c, c4)
+            ssq3 = np.empty((tasks, n, c4), np.float32)
+        _block_tall_grn(x, dw_w, dw_b, ln_w, ln_b, _F32(eps), _panels(w1), b1, gw, gb, _panels(w2), b2, g,
+                        group, tasks, a3, hid3, ssq3, out)
+    else:
+        tasks = _row_tasks(m, c4, threads)
+        a3, hid3, o3 = _scratch(threads, -(-m // tasks), c, c4, c)
+        _block_tall(x, dw_w, dw_b, ln_w, ln_b, _F32(eps), _panels(w1), b1, _panels(w2), b2, g, tasks,
+                    a3, hid3, o3, out)
+    return out
+
+
+# ==================================================================================================
+# 3. Public: GEMM plans (the blocking chosen per machine) and weight packing
+# ==================================================================================================
+
+class Plan(NamedTuple):
+    """How the GEMM is blocked: the micro-kernel's MR x NR block of outputs (NR a multiple of the
+    vector ``lanes``), and the cache blocks, MC rows of activations by KC of the inner dimension."""
+
+    lanes: int
+    mr: int
+    nr: int
+    mc: int
+    kc: int
+
+    def __str__(self):
+        return f"{self.mr}x{self.nr} MC {self.mc} KC {self.kc} ({self.lanes} lanes)"
+
+
+def candidate_plans(lanes=None):
+    """The plans worth trying for vectors of ``lanes`` floats (this CPU's by default), the
+    default first. Each register block fits the 32 (AVX-512) or 16 vector registers with its
+    weight vectors and one broadcast; MC x KC floats of activations stay in L2, KC x NR of
+    weights in L1 (docs/kernels.md, "Plans")."""
+    lanes = LANES if lanes is None else lanes
+    if lanes == 16:  # 32 zmm: 14 x 32 is 28 accumulators + 2 weight vectors + 1 broadcast
+        shapes = [(14, 32, 256), (8, 48, 256), (6, 64, 256), (12, 32, 384)]
+    elif lanes == 8:  # 16 ymm: 6 x 16 is 12 + 2 + 1
+        shapes = [(6, 16, 256), (4, 24, 256), (12, 8, 256)]
+    else:  # 16 xmm (SSE, NEON)
+        shapes = [(6, 8, 256), (4, 12, 256)]
+    return [Plan(lanes, mr, nr, 16 * mr, kc) for mr, nr, kc in shapes]
+
+
+PLAN_ENV = "CONVNEXT_NP_GEMM_PLAN"  # "lanes,mr,nr,mc,kc": this plan, whatever is recorded (tests, benchmarks)
+PLAN_FILE = "convnext_np-plan.json"  # the plan chosen on this machine (convnext_np.warmup), beside Numba's cache
+
+
+def machine_key():
+    """What a chosen plan (and Numba's compiled code) depends on: this kernels.py, Numba, Python and the CPU."""
+    stat = os.stat(__file__)
+    return {"kernels": [stat.st_mtime_ns, stat.st_size], "numba": numba.__version__,
+            "python": sys.version.split()[0], "cpu": llvmlite.binding.get_host_cpu_name(),
+            "cpu_features": llvmlite.binding.get_host_cpu_features().flatten(),
+            "cpu_name_override": numba.config.CPU_NAME}
+
+
+def cache_dir():
+    """Where Numba caches this module's compiled functions (None with the JIT off): every
+    ``cache=True`` function here has the same directory, chosen when it was decorated."""
+    if numba.config.DISABLE_JIT:
+        return None
+    from pathlib import Path
+
+    return Path(_global_avg_pool._cache._cache_path)
+
+
+def parse_plan(text, source=PLAN_ENV):
+    """A Plan from ``"lanes,mr,nr,mc,kc"``; a ValueError naming ``source`` when it is not one."""
+    try:
+        plan = Plan(*(int(v) for v in str(text).split(",")))
+    except (TypeError, ValueError):
+        plan = None
+    if plan is None or plan.lanes not in (4, 8, 16) or min(plan) < 1 or plan.nr % plan.lanes:
+        raise ValueError(f"{source}: {text!r} is not a GEMM plan 'lanes,mr,nr,mc,kc' (lanes 4, 8 or 16, "
+                         "nr a multiple of lanes, all positive)")
+    return plan
+
+
+def recorded_plan():
+    """The plan that convnext_np.warmup chose on this machine for this kernels.py, or None."""
+    directory = cache_dir()
+    if directory is None:
+        return None
+    try:
+        data = json.loads((directory / PLAN_FILE).read_text(encoding="utf-8"))
+        if data["key"] == machine_key():
+            plan = parse_plan(",".join(map(str, data["plan"])), str(directory / PLAN_FILE))
+            return plan if plan.lanes == LANES else None
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    return None
+
+
+def initialise():
+    """Initialise Numba's CPU compiler now, as the first compile or cache load in a process would
+    (about 0.4 s here: its typing and lowering registries, and the scipy BLAS it checks for), so
+    that a thread can do it while the process does other work (convnext_np.backends.prepare)."""
+    if not numba.config.DISABLE_JIT:
+        from numba.core.compiler_lock import global_compiler_lock
+        from numba.core.registry import cpu_target
+
+        with global_compiler_lock:
+            cpu_target.target_context.refresh()
+
+
+def pack(w):
+    """The (K, N) weight ``w`` as column panels (ceil(N / NR), K, NR), the last one zero-padded.
+
+    The kernel's weight operand: each panel is one contiguous stream for the kernel's run over k
+    (in ``w`` itself, successive rows of a panel are N floats apart: every row a different page
+    for the late stages, which left the kernel waiting on memory, and 40% of batch 1's time in
+    stages 3 and 4). Packing copies ``w`` once; the public functions keep the panels of each
+    read-only weight (a loaded model's) for as long as that array lives (:func:`_panels`).
+    """
+    k, n = w.shape
+    panels = np.zeros((-(-n // NR), k, NR), np.float32)
+    for jp in range(panels.shape[0]):
+        panels[jp, :, :min(NR, n - jp * NR)] = w[:, jp * NR:(jp + 1) * NR]
+    return panels
+
+
+# ==================================================================================================
+# 4. Private: what the public functions share
+# ==================================================================================================
+
+def _f32(a):
+    return np.ascontiguousarray(a, dtype=np.float32)
+
+
+def _check(cond, message):
+    if not cond:
+        raise ValueError(message)
+
+
+def _threads():
+    return numba.get_num_threads()
+
+
+_local = threading.local()
+
+
+def _scratch(threads, rows, *widths):
+    """Per-thread tile buffers, (threads, rows, width) each, carved from one cached array.
+
+    Cached per calling (Python) thread and grown as needed, so that a forward pass does not
+    allocate, and page-fault, megabytes of scratch per layer: at batch 8 the tiny's forward
+    pass touched 24 MiB of fresh pages with per-call scratch.
+    """
+    need = threads * rows * sum(widths)
+    buf = getattr(_local, "buf", None)
+    if buf is None or buf.size < need:
+        buf = _local.buf = np.empty(need, np.float32)
+    out, start = [], 0
+    for width in widths:
+        size = threads * rows * width
+        out.append(buf[start:start + size].reshape(threads, rows, width))
+        start += size
+    return out
+
+
+def _row_tasks(m, width, threads):
+    """Row tiles for ``m`` rows whose widest scratch is ``width`` floats: a multiple of the threads."""
+    rows = max(MIN_TILE_ROWS, TILE_FLOATS // max(1, width))
+    return threads * max(1, -(-m // (threads * rows)))
+
+
+def _is_tall(m, threads):
+    return m >= threads * TALL_MIN_ROWS
+
+
+def _linear_into(x2, w, b, out):
+    """out[...] = x2 @ w + b for contiguous float32 2-D arrays of fitting shapes (unchecked)."""
+    if x2.shape[0]:
+        threads = _threads()
+        if _is_tall(x2.shape[0], threads):
+            _linear_tall(x2, _panels(w), b, _row_tasks(x2.shape[0], w.shape[1], threads), out)
+        else:
+            _linear_wide(x2, _panels(w), b, threads, out)
+
+
+def _patch_layer(x, w, b, patch, pre=None, post=None):
+    """[N, H, W, Ci] -> [N, H//patch, W//patch, Co]; ``pre``/``post``: (weight, bias, eps) of a
+    LayerNorm before (over Ci) or after (over Co)."""
+    x, w, b = _f32(x), _f32(w), _f32(b)
+    _check(x.ndim == 4 and w.ndim == 2 and w.shape[0] == patch * patch * x.shape[3]
+           and b.shape == (w.shape[1],),
+           f"patchify: x {x.shape}, w {w.shape} and b {b.shape} do not fit a {patch}x{patch} patch")
+    n, h, w_, _ = x.shape
+    out = np.empty((n, h // patch, w_ // patch, w.shape[1]), np.float32)
+    m = out.size // w.shape[1]
+    if m == 0:
+        return out
+    pre_w, pre_b, pre_eps = (_NONE, _NONE, 0.0) if pre is None else pre
+    post_w, post_b, post_eps = (_NONE, _NONE, 0.0) if post is None else post
+    pre_w, pre_b, post_w, post_b = (_f32(a) for a in (pre_w, pre_b, post_w, post_b))
+    _check(pre_w.shape == pre_b.shape and pre_w.shape in ((0,), (x.shape[3],))
+           and post_w.shape == post_b.shape and post_w.shape in ((0,), (w.shape[1],)),
+           f"patchify: LayerNorm weights {pre_w.shape, post_w.shape} do not fit x {x.shape}, w {w.shape}")
+    threads = _threads()
+    tall = _is_tall(m, threads)
+    tasks = _row_tasks(m, w.shape[0] + w.shape[1], threads) if tall else min(m, 4 * threads)
+    rows = -(-m // tasks) if tall else 0
+    a3, y3 = _scratch(threads, rows, w.shape[0], w.shape[1] if post is not None else 0)
+    _patch_linear(x, patch, pre_w, pre_b, _F32(pre_eps), _panels(w), b, post_w, post_b, _F32(post_eps),
+                  tall, tasks, a3, y3, out.reshape(m, w.shape[1]))
+    return out
+
+
+def _read_only_ones(c):
+    ones = np.ones(c, np.float32)
+    ones.flags.writeable = False
+    return ones
+
+
+_PACKED = {}  # id(weight) -> (weak reference to it, its panels)
+_PACKED_LOCK = threading.Lock()
+
+
+def _frozen(w):
+    """True when ``w``'s values cannot change: it and every array it is a view of are read-only,
+    down to one that owns its memory."""
+    while isinstance(w, np.ndarray):
+        if w.flags.writeable:
+            return False
+        if w.base is None:
+            return True
+        w = w.base
+    return False
+
+
+def _panels(w):
+    """``pack(w)``, from the cache when ``w`` is frozen (a loaded model's weights are: ConvNeXt
+    makes its parameters read-only); anything else is packed on every call. An entry goes when
+    its weight is garbage-collected."""
+    if not _frozen(w):
+        return pack(w)
+    key = id(w)
+    with _PACKED_LOCK:
+        hit = _PACKED.get(key)
+        if hit is not None and hit[0]() is w:
+            return hit[1]
+    panels = pack(w)
+    with _PACKED_LOCK:
+        _PACKED[key] = (weakref.ref(w, lambda _, key=key: _PACKED.pop(key, None)), panels)
+    return panels
+
+
+# ==================================================================================================
+# 5. Private: the GEMM
+# ==================================================================================================
+
 # Every GEMM of the forward pass is ``c = a @ w`` with ``a`` the (pixels, C_in) activations and
 # ``w`` the (C_in, C_out) weight. It is computed here rather than in BLAS because (1) the
 # epilogue (bias, GELU, layer scale, residual) then runs on each block of outputs while it is
 # still in L1, (2) the GEMM runs inside the caller's Numba threads, so no BLAS thread pool spins
-# against them (docs/kernels.md), and (3) it is faster: with the AVX-512 kernel, 265-280 GFLOP/s per
-# core on the tiny's shapes, against 262-271 for NumPy's OpenBLAS on two cores as this machine is
-# configured (docs/kernels.md has the measurements).
+# against them (docs/kernels.md), and (3) it is as fast or faster: on the AMD Zen machines, with
+# the AVX-512 kernel, 265-280 GFLOP/s per core on the tiny's shapes against 262-271 for NumPy's
+# OpenBLAS on two cores; on an Intel Xeon, on par with OpenBLAS core for core (docs/kernels.md
+# has the measurements).
 #
 # Goto/BLIS structure (_gemm), with the register-blocked inner kernel written in LLVM IR: an
-# MR x NR block of ``c`` (MR rows, NR = 2 vectors of columns) lives in MR * NR / lanes vector
-# registers (28 of the 32 zmm registers with AVX-512) for a whole run over k; each step loads
-# NR weights (2 vectors), broadcasts MR activations and issues MR * 2 fused multiply-adds.
+# MR x NR block of ``c`` (MR rows, NR columns: NR / lanes vectors) lives in MR * NR / lanes
+# vector registers (28 of the 32 zmm registers with AVX-512 and the default 14 x 32) for a whole
+# run over k; each step loads NR weights, broadcasts MR activations and issues MR * NR / lanes
+# fused multiply-adds. MR, NR and the cache blocks MC, KC are this machine's Plan (section 9).
 # Written as plain Numba loops the accumulators went through memory; the IR keeps them in SSA
 # values, so LLVM's register allocator keeps them in registers. The weight is read from packed
 # column panels (pack), one contiguous stream per run over k, which the kernel prefetches
 # PREFETCH_ROWS rows ahead; the MR rows of ``a`` are read in place at their own stride. Ragged
 # edges (rows past ``mv``, columns past ``nv``) are masked loads and stores, so any shape takes
 # the same kernel; rows past ``mv`` read row ``mv - 1`` again and are never stored.
-
-
-def _vector_shape():
-    """(lanes, MR, NR) for this CPU: what fits the vector register file of the host's ISA."""
-    if numba.config.CPU_NAME not in (None, "host"):  # NUMBA_CPU_NAME: assume only SSE-class vectors
-        return 4, 6, 8
-    features = llvmlite.binding.get_host_cpu_features()
-    if features.get("avx512f"):
-        return 16, 14, 32  # 32 zmm: 28 accumulators, 2 weight vectors, 1 broadcast
-    if features.get("avx2") and features.get("fma"):
-        return 8, 6, 16  # 16 ymm: 12 + 2 + 1
-    return 4, 6, 8  # 16 xmm (SSE, NEON): 12 + 2 + 1
-
-
-LANES, MR, NR = _vector_shape()
-KC = 256
-MC = 16 * MR  # rows per block of activations kept in L2 (16 * 14 * KC floats: 224 KiB)
-PREFETCH_ROWS = 64  # weight rows ahead that the kernel asks the cache for (16: 4% slower)
 
 
 class _VectorIR:
@@ -231,58 +644,6 @@ def _make_microkernel(lanes, mr, nr):
     return mk
 
 
-_microkernel = _make_microkernel(LANES, MR, NR)
-
-
-def pack(w):
-    """The (K, N) weight ``w`` as column panels (ceil(N / NR), K, NR), the last one zero-padded.
-
-    The kernel's weight operand: each panel is one contiguous stream for the kernel's run over k
-    (in ``w`` itself, successive rows of a panel are N floats apart: every row a different page
-    for the late stages, which left the kernel waiting on memory, and 40% of batch 1's time in
-    stages 3 and 4). Packing copies ``w`` once; the public functions keep the panels of each
-    read-only weight (a loaded model's) for as long as that array lives (:func:`_panels`).
-    """
-    k, n = w.shape
-    panels = np.zeros((-(-n // NR), k, NR), np.float32)
-    for jp in range(panels.shape[0]):
-        panels[jp, :, :min(NR, n - jp * NR)] = w[:, jp * NR:(jp + 1) * NR]
-    return panels
-
-
-_PACKED = {}  # id(weight) -> (weak reference to it, its panels)
-_PACKED_LOCK = threading.Lock()
-
-
-def _frozen(w):
-    """True when ``w``'s values cannot change: it and every array it is a view of are read-only,
-    down to one that owns its memory."""
-    while isinstance(w, np.ndarray):
-        if w.flags.writeable:
-            return False
-        if w.base is None:
-            return True
-        w = w.base
-    return False
-
-
-def _panels(w):
-    """``pack(w)``, from the cache when ``w`` is frozen (a loaded model's weights are: ConvNeXt
-    makes its parameters read-only); anything else is packed on every call. An entry goes when
-    its weight is garbage-collected."""
-    if not _frozen(w):
-        return pack(w)
-    key = id(w)
-    with _PACKED_LOCK:
-        hit = _PACKED.get(key)
-        if hit is not None and hit[0]() is w:
-            return hit[1]
-    panels = pack(w)
-    with _PACKED_LOCK:
-        _PACKED[key] = (weakref.ref(w, lambda _, key=key: _PACKED.pop(key, None)), panels)
-    return panels
-
-
 def _tile_gemm(a, ai, mv, k0, kc, panels, jp, nv, c, ci, accumulate):
     """c[ci:ci+mv, j0:j0+nv] (+)= a[ai:ai+mv, k0:k0+kc] @ w[k0:k0+kc, j0:j0+nv], j0 = jp * NR,
     for the weight w whose panels these are.
@@ -309,7 +670,70 @@ def _tile_gemm_jit(a, ai, mv, k0, kc, panels, jp, nv, c, ci, accumulate):
     return impl
 
 
-# --- Scalar and row helpers (compiled into the kernels that call them) ---------------------------
+# The epilogues of _gemm: what happens to each MC x NR block of outputs once its sums are final.
+EPI_BIAS, EPI_GELU, EPI_RESIDUAL = 0, 1, 2
+
+
+@njit(**_JIT)
+def _gemm(a, b, c, r0, r1, j0, j1, epilogue, bias, gamma, x2, out2, x_row0, ssq, scale, shift, hw):
+    """c[r0:r1, j0:j1] = a[r0:r1] @ w[:, j0:j1] (``b``: the panels of w, j0 a multiple of NR), then
+    on each block of at most MC rows x NR columns, while it is in L1:
+
+    - EPI_BIAS: ``c += bias``;
+    - EPI_GELU: ``c = gelu(c + bias)`` (fc1); with ``ssq`` (fc1 of a V2 block), also
+      ``ssq[image, j] += c[r, j]^2``, GRN's sums of squares;
+    - EPI_RESIDUAL: ``out2[x_row0 + r] = x2[x_row0 + r] + gamma * (c[r] + bias)`` (fc2; ``c`` is
+      scratch).
+
+    With ``scale`` (fc2 of a V2 block), the GEMM's input is ``a * scale[image] + shift`` (fc2 of a V2 block:
+    GRN, _grn_scale): each MC x KC block of ``a`` is written so into a buffer of its own (in L2)
+    that the kernel then reads, as BLIS packs its blocks; ``a`` itself is left as it is, so its
+    lines are never written back. Row r of ``a`` and ``c`` is pixel ``x_row0 + r`` of the batch,
+    image ``(x_row0 + r) // hw``. ``ssq``, ``scale`` and ``shift`` are None for a V1 block: Numba
+    then prunes the branches that use them, so that a V1 model compiles none of GRN's code.
+
+    ``a`` and ``c`` are indexed by the same row numbers; rows only need unit inner strides.
+    Loop order (BLIS's): row blocks of MC, k blocks of KC, weight panels, row tiles of MR. The
+    weight block (KC x NR, 32 KiB) stays in L1 for all the row tiles of a row block, whose
+    activations (MC x KC) stay in L2; the weights stream from memory once per row block, evenly
+    over the whole computation.
+    """
+    if r0 >= r1 or j0 >= j1:
+        return
+    k = a.shape[1]
+    steps = max(1, -(-k // KC))
+    kc_step = max(1, -(-k // steps))  # equal k blocks: 384 -> 2 x 192, not 256 + 128
+    if scale is not None:
+        ap = np.empty((MC, k), np.float32)  # the scaled row block (columns p0:p0+kc)
+    for ic in range(r0, r1, MC):
+        ic1 = min(r1, ic + MC)
+        for p0 in range(0, max(k, 1), kc_step):
+            kc = max(0, min(kc_step, k - p0))
+            last = p0 + kc >= k
+            if scale is not None:
+                _scale_rows(a, ic, ic1, p0, p0 + kc, scale, shift, x_row0, hw, ap, 0)
+            for jp in range(j0 // NR, -(-j1 // NR)):
+                nv = min(NR, j1 - jp * NR)
+                for i in range(ic, ic1, MR):
+                    if scale is None:
+                        _tile_gemm(a, i, min(MR, ic1 - i), p0, kc, b, jp, nv, c, i, p0 > 0)
+                    else:
+                        _tile_gemm(ap, i - ic, min(MR, ic1 - i), p0, kc, b, jp, nv, c, i, p0 > 0)
+                if last:
+                    c0, c1 = jp * NR, jp * NR + nv
+                    if epilogue == EPI_BIAS:
+                        _add_bias(c, ic, ic1, c0, c1, bias)
+                    elif epilogue == EPI_GELU:
+                        _bias_gelu(c, ic, ic1, c0, c1, bias)
+                        if ssq is not None:
+                            _add_squares(c, ic, ic1, c0, c1, ssq, x_row0, hw)
+                    else:
+                        _residual(x2, c, x_row0, x_row0 + ic, x_row0 + ic1, c0, c1, gamma, bias, out2)
+
+
+# ==================================================================================================
+# 6. Private: scalar and row helpers (compiled into the kernels that call them)
+# ==================================================================================================
 
 # GELU(x) = x Phi(x) = max(x, 0) - |x| Q(|x|), Q(a) = P(Z > a) = erfc(a / sqrt 2) / 2, with erfc
 # by Abramowitz & Stegun 7.1.26, as in ops.gelu. exp(-z^2) is evaluated here as 2^-k e^r
@@ -461,65 +885,9 @@ def _layer_norm_rows(v, r0, r1, w, b, eps, out):
         _layer_norm1(v[r], w, b, eps, out[r])
 
 
-# The epilogues of _gemm: what happens to each MC x NR block of outputs once its sums are final.
-EPI_BIAS, EPI_GELU, EPI_RESIDUAL = 0, 1, 2
-
-
-@njit(**_JIT)
-def _gemm(a, b, c, r0, r1, j0, j1, epilogue, bias, gamma, x2, out2, x_row0, ssq, scale, shift, hw):
-    """c[r0:r1, j0:j1] = a[r0:r1] @ w[:, j0:j1] (``b``: the panels of w, j0 a multiple of NR), then
-    on each block of at most MC rows x NR columns, while it is in L1:
-
-    - EPI_BIAS: ``c += bias``;
-    - EPI_GELU: ``c = gelu(c + bias)`` (fc1); with ``ssq`` (fc1 of a V2 block), also
-      ``ssq[image, j] += c[r, j]^2``, GRN's sums of squares;
-    - EPI_RESIDUAL: ``out2[x_row0 + r] = x2[x_row0 + r] + gamma * (c[r] + bias)`` (fc2; ``c`` is
-      scratch).
-
-    With ``scale`` (fc2 of a V2 block), the GEMM's input is ``a * scale[image] + shift`` (fc2 of a V2 block:
-    GRN, _grn_scale): each MC x KC block of ``a`` is written so into a buffer of its own (in L2)
-    that the kernel then reads, as BLIS packs its blocks; ``a`` itself is left as it is, so its
-    lines are never written back. Row r of ``a`` and ``c`` is pixel ``x_row0 + r`` of the batch,
-    image ``(x_row0 + r) // hw``. ``ssq``, ``scale`` and ``shift`` are None for a V1 block: Numba
-    then prunes the branches that use them, so that a V1 model compiles none of GRN's code.
-
-    ``a`` and ``c`` are indexed by the same row numbers; rows only need unit inner strides.
-    Loop order (BLIS's): row blocks of MC, k blocks of KC, weight panels, row tiles of MR. The
-    weight block (KC x NR, 32 KiB) stays in L1 for all the row tiles of a row block, whose
-    activations (MC x KC) stay in L2; the weights stream from memory once per row block, evenly
-    over the whole computation.
-    """
-    if r0 >= r1 or j0 >= j1:
-        return
-    k = a.shape[1]
-    steps = max(1, -(-k // KC))
-    kc_step = max(1, -(-k // steps))  # equal k blocks: 384 -> 2 x 192, not 256 + 128
-    if scale is not None:
-        ap = np.empty((MC, k), np.float32)  # the scaled row block (columns p0:p0+kc)
-    for ic in range(r0, r1, MC):
-        ic1 = min(r1, ic + MC)
-        for p0 in range(0, max(k, 1), kc_step):
-            kc = max(0, min(kc_step, k - p0))
-            last = p0 + kc >= k
-            if scale is not None:
-                _scale_rows(a, ic, ic1, p0, p0 + kc, scale, shift, x_row0, hw, ap, 0)
-            for jp in range(j0 // NR, -(-j1 // NR)):
-                nv = min(NR, j1 - jp * NR)
-                for i in range(ic, ic1, MR):
-                    if scale is None:
-                        _tile_gemm(a, i, min(MR, ic1 - i), p0, kc, b, jp, nv, c, i, p0 > 0)
-                    else:
-                        _tile_gemm(ap, i - ic, min(MR, ic1 - i), p0, kc, b, jp, nv, c, i, p0 > 0)
-                if last:
-                    c0, c1 = jp * NR, jp * NR + nv
-                    if epilogue == EPI_BIAS:
-                        _add_bias(c, ic, ic1, c0, c1, bias)
-                    elif epilogue == EPI_GELU:
-                        _bias_gelu(c, ic, ic1, c0, c1, bias)
-                        if ssq is not None:
-                            _add_squares(c, ic, ic1, c0, c1, ssq, x_row0, hw)
-                    else:
-                        _residual(x2, c, x_row0, x_row0 + ic, x_row0 + ic1, c0, c1, gamma, bias, out2)
+# ==================================================================================================
+# 7. Private: the depthwise conv
+# ==================================================================================================
 
 # Depthwise conv. The 7x7 path keeps the 7 input rows that an output row needs in a ring of
 # zero-padded rows (7, W + 6, C), one new row copied per output row, so that every tap is
@@ -684,14 +1052,16 @@ def _dwconv_span(x, p0, p1, wt, bias, ln_w, ln_b, eps, out, o0):
         p += w1 - w0
 
 
+# ==================================================================================================
+# 8. Private: the parallel kernels that the public functions call
+# ==================================================================================================
+
 @njit(**_JIT)
 def _split(n, parts, t, align):
     """[start, stop) of part t of range(n) cut into ``parts`` pieces, boundaries multiples of align."""
     step = -(-n // (parts * align)) * align
     return min(n, t * step), min(n, (t + 1) * step)
 
-
-# --- Parallel kernels ---------------------------------------------------------------------------
 
 @njit(parallel=True, **_JIT)
 def _block_tall(x, dw_w, dw_b, ln_w, ln_b, eps, w1, b1, w2, b2, gamma, ntasks, a3, hid3, o3, out):
@@ -930,180 +1300,6 @@ def _global_avg_pool(x, out):
             out[im, c] /= _F32(height * width)
 
 
-# --- Public functions: the signatures of convnext_np.ops (and, fused, of convnext_np.model) -------
-
-def _f32(a):
-    return np.ascontiguousarray(a, dtype=np.float32)
-
-
-def _check(cond, message):
-    if not cond:
-        raise ValueError(message)
-
-
-def _threads():
-    return numba.get_num_threads()
-
-
-_local = threading.local()
-
-
-def _scratch(threads, rows, *widths):
-    """Per-thread tile buffers, (threads, rows, width) each, carved from one cached array.
-
-    Cached per calling (Python) thread and grown as needed, so that a forward pass does not
-    allocate, and page-fault, megabytes of scratch per layer: at batch 8 the tiny's forward
-    pass touched 24 MiB of fresh pages with per-call scratch.
-    """
-    need = threads * rows * sum(widths)
-    buf = getattr(_local, "buf", None)
-    if buf is None or buf.size < need:
-        buf = _local.buf = np.empty(need, np.float32)
-    out, start = [], 0
-    for width in widths:
-        size = threads * rows * width
-        out.append(buf[start:start + size].reshape(threads, rows, width))
-        start += size
-    return out
-
-
-def _row_tasks(m, width, threads):
-    """Row tiles for ``m`` rows whose widest scratch is ``width`` floats: a multiple of the threads."""
-    rows = max(MIN_TILE_ROWS, TILE_FLOATS // max(1, width))
-    return threads * max(1, -(-m // (threads * rows)))
-
-
-def _is_tall(m, threads):
-    return m >= threads * TALL_MIN_ROWS
-
-
-def linear(x, w, b):
-    """[..., in] -> [..., out]: ``x @ w + b``."""
-    x, w, b = _f32(x), _f32(w), _f32(b)
-    _check(w.ndim == 2 and x.shape[-1] == w.shape[0] and b.shape == (w.shape[1],),
-           f"linear: x {x.shape}, w {w.shape}, b {b.shape} do not fit (x @ w + b)")
-    x2 = x.reshape(-1, w.shape[0])
-    out = np.empty((x2.shape[0], w.shape[1]), np.float32)
-    _linear_into(x2, w, b, out)
-    return out.reshape(*x.shape[:-1], w.shape[1])
-
-
-def _linear_into(x2, w, b, out):
-    """out[...] = x2 @ w + b for contiguous float32 2-D arrays of fitting shapes (unchecked)."""
-    if x2.shape[0]:
-        threads = _threads()
-        if _is_tall(x2.shape[0], threads):
-            _linear_tall(x2, _panels(w), b, _row_tasks(x2.shape[0], w.shape[1], threads), out)
-        else:
-            _linear_wide(x2, _panels(w), b, threads, out)
-
-
-
-
-def _patch_layer(x, w, b, patch, pre=None, post=None):
-    """[N, H, W, Ci] -> [N, H//patch, W//patch, Co]; ``pre``/``post``: (weight, bias, eps) of a
-    LayerNorm before (over Ci) or after (over Co)."""
-    x, w, b = _f32(x), _f32(w), _f32(b)
-    _check(x.ndim == 4 and w.ndim == 2 and w.shape[0] == patch * patch * x.shape[3]
-           and b.shape == (w.shape[1],),
-           f"patchify: x {x.shape}, w {w.shape} and b {b.shape} do not fit a {patch}x{patch} patch")
-    n, h, w_, _ = x.shape
-    out = np.empty((n, h // patch, w_ // patch, w.shape[1]), np.float32)
-    m = out.size // w.shape[1]
-    if m == 0:
-        return out
-    pre_w, pre_b, pre_eps = (_NONE, _NONE, 0.0) if pre is None else pre
-    post_w, post_b, post_eps = (_NONE, _NONE, 0.0) if post is None else post
-    pre_w, pre_b, post_w, post_b = (_f32(a) for a in (pre_w, pre_b, post_w, post_b))
-    _check(pre_w.shape == pre_b.shape and pre_w.shape in ((0,), (x.shape[3],))
-           and post_w.shape == post_b.shape and post_w.shape in ((0,), (w.shape[1],)),
-           f"patchify: LayerNorm weights {pre_w.shape, post_w.shape} do not fit x {x.shape}, w {w.shape}")
-    threads = _threads()
-    tall = _is_tall(m, threads)
-    tasks = _row_tasks(m, w.shape[0] + w.shape[1], threads) if tall else min(m, 4 * threads)
-    rows = -(-m // tasks) if tall else 0
-    a3, y3 = _scratch(threads, rows, w.shape[0], w.shape[1] if post is not None else 0)
-    _patch_linear(x, patch, pre_w, pre_b, _F32(pre_eps), _panels(w), b, post_w, post_b, _F32(post_eps),
-                  tall, tasks, a3, y3, out.reshape(m, w.shape[1]))
-    return out
-
-
-def patchify(x, w, b, patch):
-    """Conv with kernel = stride = ``patch``, no padding. [N, H, W, Ci] -> [N, H//patch, W//patch, Co]"""
-    return _patch_layer(x, w, b, patch)
-
-
-def stem(x, w, b, norm_w, norm_b, *, eps, ops=None):
-    """model.stem fused: 4x4 patchify, bias and LayerNorm in one pass (``ops`` is ignored)."""
-    return _patch_layer(x, w, b, 4, post=(norm_w, norm_b, eps))
-
-
-def downsample(x, norm_w, norm_b, w, b, *, eps, ops=None):
-    """model.downsample fused: LayerNorm while gathering the 2x2 patches, then the GEMM."""
-    return _patch_layer(x, w, b, 2, pre=(norm_w, norm_b, eps))
-
-
-def conv2d(x, w, b, kernel, stride, padding):
-    """Dense conv of timm's overlapping (``_ols``) stem: the NumPy op (window gather, then one
-    GEMM), run once per image at the input resolution; no kernel of its own."""
-    return _numpy_ops.conv2d(x, w, b, kernel, stride, padding)
-
-
-def depthwise_conv(x, w, b):
-    """Depthwise kxk conv, stride 1, zero padding k//2, with bias. w: (k, k, C)."""
-    x, w, b = _f32(x), _f32(w), _f32(b)
-    _check(x.ndim == 4 and w.ndim == 3 and w.shape[0] == w.shape[1] and w.shape[0] % 2 == 1
-           and w.shape[2] == x.shape[3] and b.shape == (x.shape[3],),
-           f"depthwise_conv: x {x.shape}, w {w.shape}, b {b.shape} do not fit")
-    out = np.empty_like(x)
-    if x.size:
-        _depthwise_conv(x, w, b, min(_threads(), x.shape[0] * x.shape[1]), out)
-    return out
-
-
-def layer_norm(x, w, b, eps):
-    """LayerNorm over the last axis (channels), biased variance, eps inside the sqrt."""
-    x, w, b = _f32(x), _f32(w), _f32(b)
-    _check(w.shape == b.shape == (x.shape[-1],),
-           f"layer_norm: x {x.shape}, w {w.shape}, b {b.shape} do not fit")
-    x2 = x.reshape(-1, x.shape[-1])
-    out = np.empty_like(x2)
-    if x2.size:
-        tasks = max(1, min(_threads() * 4, x2.shape[0] // 16))
-        _layer_norm(x2, w, b, _F32(eps), tasks, out)
-    return out.reshape(x.shape)
-
-
-def gelu(x):
-    """Exact GELU, x Phi(x), float32 (see ops.gelu for the formula)."""
-    x = _f32(x)
-    out = np.empty_like(x)
-    if x.size:
-        _gelu(x.reshape(-1), out.reshape(-1))
-    return out
-
-
-def global_avg_pool(x):
-    """[N, H, W, C] -> [N, C]"""
-    x = _f32(x)
-    _check(x.ndim == 4, f"global_avg_pool: x must be (N, H, W, C), got {x.shape}")
-    out = np.empty((x.shape[0], x.shape[3]), np.float32)
-    _global_avg_pool(x, out)
-    return out
-
-
-def grn(x, w, b):
-    """ConvNeXt V2's Global Response Normalization (see ops.grn). [N, H, W, C] -> [N, H, W, C]"""
-    x, w, b = _f32(x), _f32(w), _f32(b)
-    _check(x.ndim == 4 and w.shape == b.shape == (x.shape[3],),
-           f"grn: x {x.shape}, w {w.shape}, b {b.shape} do not fit")
-    out = x.copy()
-    if x.size:
-        n, hw = x.shape[0], x.shape[1] * x.shape[2]
-        _grn(out.reshape(n * hw, x.shape[3]), hw, w, b, min(_threads() * 4, n * hw))
-    return out
-
-
 @njit(parallel=True, **_JIT)
 def _grn(x2, hw, w, b, ntasks):
     """x2 (N * hw, C) = GRN(x2), in place: sums of squares per image (by images), the scale
@@ -1124,58 +1320,36 @@ def _grn(x2, hw, w, b, ntasks):
         _scale_rows(x2, r0, r1, 0, nc, scale, b, 0, hw, x2, r0)
 
 
-def _read_only_ones(c):
-    ones = np.ones(c, np.float32)
-    ones.flags.writeable = False
-    return ones
+# ==================================================================================================
+# 9. The plan in use, and Numba's cache keyed on it
+# ==================================================================================================
+
+def _choose_plan():
+    """CONVNEXT_NP_GEMM_PLAN if set, else the plan recorded for this machine, else the default."""
+    if os.environ.get(PLAN_ENV):
+        return parse_plan(os.environ[PLAN_ENV])
+    return recorded_plan() or candidate_plans()[0]
 
 
-def block(x, dwconv_w, dwconv_b, norm_w, norm_b, pwconv1_w, pwconv1_b, pwconv2_w, pwconv2_b,
-          gamma=None, grn_w=None, grn_b=None, *, eps, ops=None):
-    """The ConvNeXt block of :func:`convnext_np.model.block`, fused (``ops`` is ignored): V1 with
-    layer scale ``gamma``, V2 with a GRN (``grn_w``, ``grn_b``).
+PLAN = _choose_plan()
+_, MR, NR, MC, KC = PLAN
+_microkernel = _make_microkernel(PLAN.lanes, MR, NR)
 
-    [N, H, W, C] -> [N, H, W, C]
+
+def _key_cache_by_plan():
+    """Make the plan part of every cached function's key in Numba's on-disk cache.
+
+    Numba freezes the globals a function reads (MR, NR, MC, KC) into its compiled code, but keys
+    its cache on the signature, the bytecode and the CPU only: code compiled under one plan would
+    be loaded under another, its panels laid out for another NR. So each cached function's
+    index key gets the plan appended, and the plans' compiled code lives side by side.
     """
-    x = _f32(x)
-    dw_w, dw_b, ln_w, ln_b, w1, b1, w2, b2 = (_f32(a) for a in (
-        dwconv_w, dwconv_b, norm_w, norm_b, pwconv1_w, pwconv1_b, pwconv2_w, pwconv2_b))
-    c = x.shape[-1]
-    # Without layer scale (V2), a scale of ones, read-only as a loaded model's weights are, so that
-    # V1 and V2 share the compiled specializations of the GEMM; without GRN (V1), None, for which
-    # Numba compiles the kernels without GRN's code.
-    g = _f32(gamma) if gamma is not None else _read_only_ones(c)
-    v2 = grn_w is not None
-    gw, gb = (_f32(grn_w), _f32(grn_b)) if v2 else (None, None)
-    _check(x.ndim == 4 and dw_w.ndim == 3 and dw_w.shape[0] == dw_w.shape[1] and dw_w.shape[0] % 2
-           and dw_w.shape[2] == c and dw_b.shape == ln_w.shape == ln_b.shape == b2.shape == g.shape == (c,)
-           and w1.ndim == 2 and w1.shape[0] == c and b1.shape == (w1.shape[1],)
-           and w2.shape == (w1.shape[1], c) and (not v2 or gw.shape == gb.shape == b1.shape),
-           f"block: x {x.shape} does not fit the block's weights (dwconv {dw_w.shape}, "
-           f"pwconv1 {w1.shape}, pwconv2 {w2.shape}, grn {gw.shape if v2 else None})")
-    out = np.empty_like(x)
-    if x.size == 0:
-        return out
-    m, threads, c4 = x.size // c, _threads(), w1.shape[1]
-    if not _is_tall(m, threads):
-        _block_wide(x, dw_w, dw_b, ln_w, ln_b, _F32(eps), _panels(w1), b1, gw, gb, _panels(w2), b2, g,
-                    threads, out)
-    elif v2:
-        n, hw = x.shape[0], x.shape[1] * x.shape[2]
-        if n % threads == 0:  # whole images per thread
-            group, tasks = 0, threads
-            a3, hid3 = _scratch(threads, hw, c, c4)
-            ssq3 = np.empty((1, n, c4), np.float32)
-        else:  # groups of images whose fc1 output is about the size of V1's tiles together
-            group = min(n, max(1, threads * TILE_FLOATS // (hw * c4)))
-            tasks = _row_tasks(group * hw, c4, threads)
-            a3, hid3 = _scratch(1, group * hw, c, c4)
-            ssq3 = np.empty((tasks, n, c4), np.float32)
-        _block_tall_grn(x, dw_w, dw_b, ln_w, ln_b, _F32(eps), _panels(w1), b1, gw, gb, _panels(w2), b2, g,
-                        group, tasks, a3, hid3, ssq3, out)
-    else:
-        tasks = _row_tasks(m, c4, threads)
-        a3, hid3, o3 = _scratch(threads, -(-m // tasks), c, c4, c)
-        _block_tall(x, dw_w, dw_b, ln_w, ln_b, _F32(eps), _panels(w1), b1, _panels(w2), b2, g, tasks,
-                    a3, hid3, o3, out)
-    return out
+    for f in list(globals().values()):
+        cache = getattr(f, "_cache", None)
+        if isinstance(cache, FunctionCache):
+            base = cache._index_key
+            cache._index_key = lambda sig, codegen, base=base: base(sig, codegen) + (tuple(PLAN),)
+
+
+if not numba.config.DISABLE_JIT:
+    _key_cache_by_plan()

@@ -19,7 +19,12 @@ Every compile on a machine runs under one file lock in the cache directory, so S
 and parallel workers compile once, and no two processes rewrite Numba's cache index at once
 (each rewrites the whole index, so concurrent writers can drop each other's entries). The cache
 counts as warm when the marker that a finished compile writes there matches this ``kernels.py``,
-Numba, Python and CPU.
+Numba, Python, CPU and GEMM plan.
+
+The warm-up process (not a model's first call) also chooses the machine's GEMM plan, once:
+:func:`tune` times the candidate blockings of :func:`convnext_np.kernels.candidate_plans` on
+ConvNeXt-T's GEMMs and records the fastest beside Numba's cache (``kernels.PLAN_FILE``), which
+``kernels.py`` reads when it is imported (docs/kernels.md, "Plans").
 """
 
 from __future__ import annotations
@@ -55,22 +60,15 @@ def _cache_dir() -> Path | None:
         return None
     from . import kernels
 
-    # Any of the module's cached functions: Numba's cache locator chose their directory when the
-    # function was decorated.
-    return Path(kernels._global_avg_pool._cache._cache_path)
+    return kernels.cache_dir()
 
 
-def _key() -> dict:
-    """What the compiled code depends on: the source of kernels.py, Numba, Python and the CPU."""
-    import llvmlite.binding
-    import numba
-
+def _key(plan=None) -> dict:
+    """What the compiled code depends on: the source of kernels.py, Numba, Python, the CPU, and
+    the GEMM plan (this process's unless given)."""
     from . import kernels
 
-    stat = os.stat(kernels.__file__)
-    return {"kernels": [stat.st_mtime_ns, stat.st_size], "numba": numba.__version__,
-            "python": sys.version.split()[0], "cpu": llvmlite.binding.get_host_cpu_name(),
-            "cpu_name_override": numba.config.CPU_NAME}
+    return {**kernels.machine_key(), "plan": list(kernels.PLAN if plan is None else plan)}
 
 
 def _read_marker(directory: Path) -> dict:
@@ -203,34 +201,206 @@ def compile_all() -> None:
             model(random_pixels((1, 3, side, side)))
 
 
-def run(wait: bool = False) -> float | None:
+# --- Choosing the GEMM plan (kernels.Plan) for this machine ---------------------------------------
+
+# ConvNeXt-T's stage widths, and each stage's side at 224 x 224 input: the shapes the plans are
+# timed on, fc1 (pixels, C) @ (C, 4C) and fc2 (pixels, 4C) @ (4C, C) of every stage, 93% of its
+# multiply-adds.
+TUNE_WIDTHS, TUNE_SIDES = (96, 192, 384, 768), (56, 28, 14, 7)
+TUNE_BATCHES = (1, 8)
+TUNE_ROUNDS = 5
+
+
+def gemm_shapes(batch: int) -> list:
+    """(M, K, N) of the pointwise GEMMs of one ConvNeXt-T block per stage at 224, batch ``batch``."""
+    shapes = []
+    for c, side in zip(TUNE_WIDTHS, TUNE_SIDES):
+        m = batch * side * side
+        shapes += [(m, c, 4 * c), (m, 4 * c, c)]
+    return shapes
+
+
+def _gemm_worker(contender: str) -> None:
+    """Serve GEMM timings on stdin/stdout, one JSON object a line: ``contender`` is a plan
+    (``"lanes,mr,nr,mc,kc"``, which kernels.py takes from its environment variable, see
+    time_gemms) running the numba backend's GEMM (``kernels._linear_into``), or ``"numpy"``
+    (``np.matmul``, for benchmarks/bench_gemm.py). Replies: seconds per GEMM, in
+    ``gemm_shapes`` order, for each batch."""
+    rng = np.random.default_rng(0)
+    weights = {}  # one block's fc1 and fc2 per stage, for both batch sizes, as a model's
+    for c in TUNE_WIDTHS:
+        for k, n in ((c, 4 * c), (4 * c, c)):
+            w = rng.standard_normal((k, n), np.float32) * np.float32(k ** -0.5)
+            w.flags.writeable = False  # read-only, as a model's: its panels are packed once
+            weights[k, n] = w, np.zeros(n, np.float32)
+    # One buffer each for a stage's input, its fc1 output (fc2's input) and fc2's output, sized for
+    # the largest and shared by all shapes: 58 MB, not the 180 MB of a pair of arrays per GEMM.
+    size = max(m * k for batch in TUNE_BATCHES for m, k, _ in gemm_shapes(batch))
+    x_buf = rng.standard_normal(size // 4, np.float32)
+    h_buf, y_buf = np.empty(size, np.float32), np.empty(size // 4, np.float32)
+    cases = {}
+    for batch in TUNE_BATCHES:
+        cases[batch] = []
+        for c, side in zip(TUNE_WIDTHS, TUNE_SIDES):
+            m = batch * side * side
+            x, h, y = x_buf[:m * c].reshape(m, c), h_buf[:m * 4 * c].reshape(m, 4 * c), y_buf[:m * c].reshape(m, c)
+            cases[batch] += [(x, *weights[c, 4 * c], h), (h, *weights[4 * c, c], y)]  # gemm_shapes' order
+    if contender == "numpy":
+        def gemm(a, w, b, out):
+            np.matmul(a, w, out=out)
+    else:
+        from . import kernels
+
+        assert str(kernels.parse_plan(contender)) == str(kernels.PLAN), (contender, kernels.PLAN)
+        gemm = kernels._linear_into
+    for batch in TUNE_BATCHES:  # compiles (or loads), packs, and touches every buffer
+        for case in cases[batch]:
+            gemm(*case)
+    print(json.dumps({"ready": True}), flush=True)
+    for line in sys.stdin:
+        request = json.loads(line)
+        if request.get("op") != "time":
+            break
+        reply = {}
+        for batch in TUNE_BATCHES:
+            reply[batch] = []
+            for case in cases[batch]:
+                gemm(*case)  # untimed: the first call after a pause meets cold caches
+                t0 = time.perf_counter()
+                for _ in range(request["reps"]):
+                    gemm(*case)
+                reply[batch].append((time.perf_counter() - t0) / request["reps"])
+        print(json.dumps(reply), flush=True)
+
+
+def time_gemms(contenders, rounds: int = TUNE_ROUNDS, reps: int = 2, pause_s: float = 0.2) -> dict:
+    """{contender: {batch: [[seconds of each GEMM] for each round]}}: each contender (a plan string
+    or "numpy") in a worker process of its own (threads as this process's environment says),
+    started one by one (each compiles alone), then timed round-robin, order rotating, so that
+    every contender sees the same machine."""
+    from . import kernels
+
+    package_parent = str(Path(__file__).resolve().parent.parent)
+    workers = {}
+    try:
+        for contender in contenders:
+            env = dict(os.environ)
+            env["PYTHONPATH"] = os.pathsep.join(p for p in (package_parent, env.get("PYTHONPATH")) if p)
+            if contender != "numpy":
+                env[kernels.PLAN_ENV] = contender
+            proc = subprocess.Popen([sys.executable, "-m", "convnext_np.warmup", "--gemm-worker", contender],
+                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+            if not proc.stdout.readline():
+                raise RuntimeError(f"the GEMM worker for {contender} failed (exit {proc.wait()})")
+            workers[contender] = proc
+        times = {c: {b: [] for b in TUNE_BATCHES} for c in contenders}
+        order = list(contenders)
+        for r in range(rounds):
+            for contender in order[r % len(order):] + order[:r % len(order)]:
+                time.sleep(pause_s)
+                proc = workers[contender]
+                proc.stdin.write(json.dumps({"op": "time", "reps": reps}) + "\n")
+                proc.stdin.flush()
+                for batch, seconds in json.loads(proc.stdout.readline()).items():
+                    times[contender][int(batch)].append(seconds)
+        return times
+    finally:
+        for proc in workers.values():
+            with contextlib.suppress(OSError):
+                proc.stdin.close()
+            proc.wait(timeout=60)
+
+
+def plan_score(times: dict) -> float:
+    """Seconds per image over the tuning shapes: each GEMM's fastest round, summed, per batch, and
+    summed over the batches. The fastest, not the median: on a machine shared with other work,
+    the others' load only ever adds time (the median of a plan's rounds swung by 2x between runs
+    on a shared 2-core machine, its minimum by far less)."""
+    return sum(sum(min(per) for per in zip(*rounds)) / batch for batch, rounds in times.items())
+
+
+def tune() -> tuple:
+    """Time every candidate plan of this CPU (kernels.candidate_plans) on ConvNeXt-T's GEMMs and
+    record the fastest in the cache directory (kernels.PLAN_FILE), for kernels.py to use from the
+    next import on; the winner and the scores."""
+    from . import kernels
+
+    plans = kernels.candidate_plans()
+    names = [",".join(map(str, plan)) for plan in plans]
+    times = time_gemms(names)
+    scores = {name: plan_score(times[name]) for name in names}
+    best = plans[names.index(min(names, key=scores.get))]
+    directory = _cache_dir()
+    tmp = directory / f".{kernels.PLAN_FILE}.{os.getpid()}.tmp"
+    tmp.write_text(json.dumps({"key": kernels.machine_key(), "plan": list(best),
+                               "ms_per_image": {n: 1e3 * v for n, v in scores.items()}}), encoding="utf-8")
+    os.replace(tmp, directory / kernels.PLAN_FILE)
+    return best, scores
+
+
+def _needs_tuning() -> bool:
+    from . import kernels
+
+    return not os.environ.get(kernels.PLAN_ENV) and kernels.recorded_plan() is None
+
+
+def run(wait: bool = False, tune_plan: bool = False) -> float | None:
     """Warm the cache under the machine's compile lock, unless it is warm by then; the seconds it
-    took, or None. Without ``wait``, return at once when another process holds the lock."""
+    took, or None. Without ``wait``, return at once when another process holds the lock.
+
+    With ``tune_plan``, and no plan recorded for this machine yet, first choose the GEMM plan
+    (:func:`tune`), then compile the kernels for it (in a fresh process when it is not the plan
+    this process imported kernels.py with).
+    """
     global _ready
     directory = _cache_dir()
     if directory is None:
         return None
+    from . import kernels
+
     with _exclusive(directory, wait) as mine:
-        if not mine or ready():
+        if not mine or (ready() and not (tune_plan and _needs_tuning())):
             return None
-        _ready = True  # the model calls below run on Numba, compiling
         started = time.perf_counter()
-        try:
-            compile_all()
-        except BaseException:
-            _ready = False
-            raise
+        plan = kernels.PLAN
+        if tune_plan and _needs_tuning():
+            try:
+                plan = tune()[0]
+            except Exception as error:  # noqa: BLE001 (a worker died, say): compile the plan in use
+                log.warning("choosing the GEMM plan failed (%s); compiling the Numba kernels for %s",
+                            error, plan)
+        if plan == kernels.PLAN:
+            _ready = True  # the model calls below run on Numba, compiling
+            try:
+                compile_all()
+            except BaseException:
+                _ready = False
+                raise
+        else:
+            subprocess.run([sys.executable, "-m", "convnext_np.warmup", "--compile-only"], check=True,
+                           env={**os.environ, "PYTHONPATH": os.pathsep.join(
+                               p for p in (str(Path(__file__).resolve().parent.parent),
+                                           os.environ.get("PYTHONPATH")) if p)})
         seconds = time.perf_counter() - started
         tmp = directory / f".{MARKER}.{os.getpid()}.tmp"
-        tmp.write_text(json.dumps({"key": _key(), "seconds": seconds}), encoding="utf-8")
+        tmp.write_text(json.dumps({"key": _key(plan), "seconds": seconds}), encoding="utf-8")
         os.replace(tmp, directory / MARKER)
         return seconds
 
 
-def main() -> None:
-    took = run()
+def main(argv=None) -> None:
+    global _ready
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--gemm-worker"]:
+        _gemm_worker(argv[1])
+        return
+    if argv[:1] == ["--compile-only"]:  # run() holds the lock
+        _ready = True
+        compile_all()
+        return
+    took = run(tune_plan=True)
     print("the Numba kernels were compiled already, or another process is compiling them" if took is None
-          else f"compiled the Numba kernels in {took:.1f} s")
+          else f"chose the GEMM plan and compiled the Numba kernels in {took:.1f} s")
 
 
 if __name__ == "__main__":

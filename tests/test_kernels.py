@@ -16,6 +16,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -275,10 +276,18 @@ def test_mismatched_shapes_are_refused():
         kernels.patchify(x, rand(rng, 5, 3), rand(rng, 3), 2)
 
 
+ALL_PLANS = [plan for lanes in (16, 8, 4) for plan in kernels.candidate_plans(lanes)]
+
+
+def plan_id(plan):
+    return f"{plan.lanes}lanes-{plan.mr}x{plan.nr}-mc{plan.mc}-kc{plan.kc}"
+
+
 @pytest.mark.skipif(not JIT, reason="the register-blocked kernel exists only compiled")
-@pytest.mark.parametrize("shape", [(16, 14, 32), (8, 6, 16), (4, 6, 8)], ids=["avx512", "avx2", "sse"])
+@pytest.mark.parametrize("shape", sorted({(p.lanes, p.mr, p.nr) for p in ALL_PLANS}, reverse=True),
+                         ids=lambda s: f"{s[0]}lanes-{s[1]}x{s[2]}")
 def test_microkernel_writes_exactly_its_block(shape):
-    """Each (lanes, MR, NR) that _vector_shape can pick, whatever this CPU is: ragged blocks are
+    """Each (lanes, MR, NR) of every candidate plan, whatever this CPU is: ragged blocks are
     computed right, and nothing outside the mv x nv block is written (masked stores)."""
     lanes, mr, nr = shape
     mk = kernels._make_microkernel(lanes, mr, nr)
@@ -290,13 +299,78 @@ def test_microkernel_writes_exactly_its_block(shape):
 
     rng = np.random.default_rng(0)
     for kc, mv, nv, accumulate in [(0, mr, nr, 0), (1, 1, 1, 0), (7, mr, nr, 0), (9, mr - 1, nr - 3, 1),
-                                   (5, 2, lanes + 1, 1), (300, mr, nr, 1)]:
+                                   (5, 2, min(lanes + 1, nr), 1), (300, mr, nr, 1)]:
         a, b = rand(rng, mr, kc + 1), rand(rng, kc + 1, nr + 5)
         c = rand(rng, mr + 2, nr + 5)
         want = c.copy()
         want[:mv, :nv] = (c[:mv, :nv] if accumulate else 0) + a[:mv, :kc] @ b[:kc, :nv]
         run(kc, a, b, c, mv, nv, accumulate)
         assert_allclose(c, want, rtol=1e-5, atol=1e-5 * max(1.0, kc))
+
+
+PLAN_CHECK = """
+    import numpy as np
+    from convnext_np import kernels, model, ops
+    assert tuple(kernels.PLAN) == {plan!r}, kernels.PLAN
+    rng = np.random.default_rng(0)
+    rand = lambda *shape, scale=1.0: (rng.standard_normal(shape) * scale).astype(np.float32)
+    worst = 0.0
+    def check(got, want):
+        global worst
+        worst = max(worst, float(np.abs(got - want).max() / max(1.0, np.abs(want).max())))
+    for tall in (True, False):
+        kernels.TALL_MIN_ROWS = 1 if tall else 10**9
+        for m, k, n in [(1, 1, 1), (13, 7, 33), (47, 300, 70), (531, 97, 131), (300, 1100, 29)]:
+            x, w, b = rand(m, k), rand(k, n, scale=k**-0.5), rand(n)
+            w.flags.writeable = False  # packed once and kept, as a model's weights
+            check(kernels.linear(x, w, b), ops.linear(x, w, b))
+            check(kernels.linear(x, w, b), ops.linear(x, w, b))
+        for n_, h, w_, c in [(1, 9, 11, 21), (3, 5, 7, 40)]:
+            p = dict(dwconv_w=rand(7, 7, c, scale=0.2), dwconv_b=rand(c, scale=0.2), norm_w=rand(c),
+                     norm_b=rand(c), pwconv1_w=rand(c, 4 * c, scale=c**-0.5), pwconv1_b=rand(4 * c, scale=0.2),
+                     pwconv2_w=rand(4 * c, c, scale=(4 * c)**-0.5), pwconv2_b=rand(c, scale=0.2),
+                     gamma=rng.uniform(0.1, 1.0, c).astype(np.float32))
+            x = rand(n_, h, w_, c)
+            check(kernels.block(x, **p, eps=1e-6), model.block(x, **p, eps=1e-6, ops=ops))
+    print(worst)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not JIT, reason="plans exist only compiled")
+@pytest.mark.parametrize("plan", ALL_PLANS, ids=plan_id)
+def test_every_plan_equals_the_numpy_twin(plan):
+    """Every candidate plan of every vector width (those this CPU can run), chosen through
+    CONVNEXT_NP_GEMM_PLAN in a fresh process: linear and the fused block, in both decompositions,
+    on ragged shapes (rows, columns and k not multiples of the blocks), against the NumPy ops.
+    The fresh process shares this checkout's Numba cache, which holds other plans' code for the
+    same functions: a cache that did not tell plans apart would hand it code blocked for another
+    NR than its panels."""
+    if plan.lanes > kernels.LANES:
+        pytest.skip(f"this CPU has {kernels.LANES}-float vectors")
+    env = {k: v for k, v in os.environ.items() if k != "CONVNEXT_NP_BACKEND"}
+    env[kernels.PLAN_ENV] = ",".join(map(str, plan))
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(kernels.__file__).parent.parent), env.get("PYTHONPATH", "")])
+    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(PLAN_CHECK.format(plan=tuple(plan)))],
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert float(proc.stdout.split()[-1]) < RTOL
+
+
+@pytest.mark.parametrize("text", ["", "16,14,32,224", "16,14,30,224,256", "3,6,8,96,256", "16,0,32,1,1",
+                                  "a,b,c,d,e"])
+def test_a_malformed_plan_is_refused_by_name(text):
+    with pytest.raises(ValueError, match=kernels.PLAN_ENV):
+        kernels.parse_plan(text)
+
+
+def test_every_candidate_plan_fits_its_register_file():
+    """Accumulators (MR x NR / lanes) + NR / lanes weight vectors + 1 broadcast: 32 registers
+    with AVX-512, 16 otherwise; the default (first) plan of each width too."""
+    for plan in ALL_PLANS:
+        registers = 32 if plan.lanes == 16 else 16
+        assert plan.nr % plan.lanes == 0
+        assert plan.mr * plan.nr // plan.lanes + plan.nr // plan.lanes + 1 <= registers, plan
 
 
 @pytest.mark.skipif(not JIT, reason="the unrolled kernel exists only compiled")

@@ -15,6 +15,7 @@ from tests.conftest import FIXTURES, ROOT, REFERENCE
 
 numba = pytest.importorskip("numba")
 pytestmark = pytest.mark.skipif(numba.config.DISABLE_JIT, reason="nothing compiles without the JIT")
+from convnext_np import kernels  # noqa: E402
 
 
 def run_python(code, **env):
@@ -64,7 +65,8 @@ FULL_SIZE = f"""
             cnp.from_pretrained(source, backend="numba")(random_pixels((2, 3, side, side)))
     dispatchers = [f for f in vars(kernels).values() if isinstance(f, numba.core.registry.CPUDispatcher)]
     print(json.dumps({{"compiled": sum(sum(f.stats.cache_misses.values()) for f in dispatchers),
-                      "loaded": sum(sum(f.stats.cache_hits.values()) for f in dispatchers)}}))
+                      "loaded": sum(sum(f.stats.cache_hits.values()) for f in dispatchers),
+                      "plan": list(kernels.PLAN)}}))
 """
 
 
@@ -82,6 +84,10 @@ def test_auto_serves_with_numpy_until_the_background_compile_is_done(tmp_path):
         time.sleep(1)
     marker = json.loads(next(cache.rglob(warmup.MARKER)).read_text())
     assert marker["seconds"] > 0
+    chosen = json.loads(next(cache.rglob(kernels.PLAN_FILE)).read_text())  # the warm-up chose a plan
+    assert chosen["plan"] == marker["key"]["plan"]
+    assert tuple(chosen["plan"]) in kernels.candidate_plans()
+    assert sorted(chosen["ms_per_image"]) == sorted(",".join(map(str, p)) for p in kernels.candidate_plans())
 
     out, err = run_python(FIRST_CALL, NUMBA_CACHE_DIR=str(cache))
     warm = json.loads(out)
@@ -91,6 +97,7 @@ def test_auto_serves_with_numpy_until_the_background_compile_is_done(tmp_path):
     out, _ = run_python(FULL_SIZE, NUMBA_CACHE_DIR=str(cache), NUMBA_NUM_THREADS="2")
     full = json.loads(out)
     assert full["compiled"] == 0 and full["loaded"] > 0, full
+    assert full["plan"] == chosen["plan"]  # later processes run the chosen plan
 
 
 def test_numba_by_name_compiles_in_the_call_and_says_so(monkeypatch, caplog):
@@ -143,3 +150,53 @@ def test_chosen_by_name(monkeypatch):
     monkeypatch.setenv("CONVNEXT_NP_BACKEND", "numba")
     assert backends.chosen_by_name("auto")
 
+
+
+def test_the_fastest_plan_is_recorded_for_this_machine_only(tmp_path, monkeypatch):
+    plans = kernels.candidate_plans()
+    names = [",".join(map(str, p)) for p in plans]
+    # Fake timings: the second candidate is fastest at batch 1 and at batch 8, though not in every round.
+    fake = {n: {1: [[3.0 + i, 1.0]] * 2, 8: [[8.0, 8.0 + i], [9.0, 9.0]]} for i, n in enumerate(names)}
+    fake[names[1]] = {1: [[2.0, 1.0], [9.0, 9.0]], 8: [[7.0, 8.0], [9.0, 9.0]]}
+    monkeypatch.setattr(warmup, "time_gemms", lambda contenders: {c: fake[c] for c in contenders})
+    monkeypatch.setattr(warmup, "_cache_dir", lambda: tmp_path)
+    monkeypatch.setattr(kernels, "cache_dir", lambda: tmp_path)
+    assert kernels.recorded_plan() is None
+    best, scores = warmup.tune()
+    assert best == plans[1] and min(scores, key=scores.get) == names[1]
+    assert kernels.recorded_plan() == plans[1]
+    record = json.loads((tmp_path / kernels.PLAN_FILE).read_text())
+    record["key"]["cpu"] = "another-cpu"  # a plan chosen on another machine (or for another kernels.py) is not used
+    (tmp_path / kernels.PLAN_FILE).write_text(json.dumps(record))
+    assert kernels.recorded_plan() is None
+
+
+def test_a_failed_tuning_still_compiles_the_plan_in_use(tmp_path, monkeypatch, caplog):
+    def broken():
+        raise RuntimeError("the GEMM worker for 16,14,32,224,256 failed (exit -9)")
+
+    compiled = []
+    monkeypatch.setattr(warmup, "_cache_dir", lambda: tmp_path)
+    monkeypatch.setattr(warmup, "_ready", False)
+    monkeypatch.setattr(warmup, "_needs_tuning", lambda: True)
+    monkeypatch.setattr(warmup, "tune", broken)
+    monkeypatch.setattr(warmup, "compile_all", lambda: compiled.append(kernels.PLAN))
+    with caplog.at_level(logging.WARNING, logger="convnext_np"):
+        assert warmup.run(tune_plan=True) > 0
+    assert compiled == [kernels.PLAN] and "choosing the GEMM plan failed" in caplog.text
+    assert json.loads((tmp_path / warmup.MARKER).read_text())["key"]["plan"] == list(kernels.PLAN)
+
+
+def test_prepare_initialises_numba_in_the_background_only_when_it_may_serve():
+    out, _ = run_python("""
+        import sys
+        from convnext_np import backends
+        backends.prepare("numpy")
+        assert not backends._preparing and "numba" not in sys.modules
+        backends.prepare("auto")
+        backends.prepare("numba")  # once per process
+        assert len(backends._preparing) == 1
+        backends._preparing[0].join(120)
+        print("numba.np.arraymath" in sys.modules)  # imported when the compiler's registries load
+    """)
+    assert out.strip() == "True"
