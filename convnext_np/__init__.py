@@ -11,9 +11,9 @@ from .config import VARIANTS, ConvNextConfig
 from .errors import ConvNextError, ImageError, WeightsError
 from .evaluate import EvaluationReport, evaluate
 from .head import HeadFit, fit_head
-from .model import ConvNeXt, ConvNextOutput
+from .loading import ConvNeXt, from_pretrained
+from .model import ConvNextOutput
 from .preprocess import ImageProcessor
-from .loading import from_pretrained
 from .version import __version__
 
 __all__ = [

@@ -1,4 +1,5 @@
-"""Backbone outputs: which stages ``out.feature_maps`` returns, as transformers' Backbone classes.
+"""Backbone outputs: which stages ``out.feature_maps`` returns, and the maps themselves, as
+transformers' Backbone classes give them.
 
 transformers' ``ConvNextBackbone`` (``models/convnext/modeling_convnext.py``, with
 ``utils/backbone_utils.py``) names the five maps ``"stem"`` (the stem's output) and ``"stage1"``
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .model import STAGE_NAMES
+STAGE_NAMES = ("stem", "stage1", "stage2", "stage3", "stage4")  # transformers' Backbone names
 
 
 def resolve_out_features(out_features=None, out_indices=None) -> list | None:
@@ -60,3 +61,16 @@ def norm_params(out_features, loaded: dict, hidden_sizes) -> dict:
     return {name: loaded.get(name) or {"w": np.ones(widths[name], np.float32),
                                        "b": np.zeros(widths[name], np.float32)}
             for name in out_features}
+
+
+def feature_maps(hidden, norms, out_features, *, pixels, ops):
+    """The maps of transformers' Backbone classes, channels-last, one per name in ``out_features``.
+
+    ``ConvNextBackbone`` passes each through its own channels-first LayerNorm, eps 1e-6
+    (``hidden_states_norms.<stage>``; ``norms`` holds their parameters). ``DINOv3ConvNextBackbone``
+    has no such norms (``norms`` is None) and its ``"stem"`` is the input itself."""
+    if norms is None:
+        maps = [pixels, *hidden[1:]]
+        return [maps[STAGE_NAMES.index(name)] for name in out_features]
+    return [ops.layer_norm(hidden[STAGE_NAMES.index(name)], norms[name]["w"], norms[name]["b"], 1e-6)
+            for name in out_features]

@@ -8,8 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import ImageError
-from .loading import from_pretrained
-from .model import ConvNeXt
+from .loading import ConvNeXt, from_pretrained
 
 DEFAULT_MODEL = "facebook/convnext-tiny-224"
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".tif", ".tiff", ".webp", ".ppm",

@@ -37,7 +37,6 @@ EXIT_OK, EXIT_INPUT_FAILED, EXIT_USAGE = 0, 1, 2
 EXIT_BROKEN_PIPE = 128 + 13  # what a shell reports for a tool killed by SIGPIPE
 
 
-
 class ModelLoadError(Exception):
     """The model named on the command line could not be loaded (exit status 2)."""
 

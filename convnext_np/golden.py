@@ -28,14 +28,13 @@ from pathlib import Path
 
 import numpy as np
 
-from . import model as model_mod
 from . import ops
 from .classify import load_model
-from .config import HIDDEN_ACTS
-from .errors import ConvNextError, ImageError
+from .errors import ConvNextError
 from .files import atomic_write, find_weights, shard_names
 from .guards import read_json_file
-from .model import ConvNeXt, ConvNextOutput
+from .loading import ConvNeXt
+from .model import ConvNextOutput, check_pixel_values, run
 from .safetensors_file import SafetensorsFile
 from .testing import HIDDEN_RTOL, LOGITS_ATOL, PIXEL_ATOL, POOLED_ATOL
 from .version import __version__
@@ -99,19 +98,14 @@ def cast_params(params, dtype) -> dict:
 def forward_float64(model: ConvNeXt, pixel_values) -> ConvNextOutput:
     """``model(pixel_values, output_hidden_states=True)``, but float64 end to end.
 
-    The same :func:`convnext_np.model.forward` runs on float64 copies of the parameters and of
+    The same :func:`convnext_np.model.run` runs on float64 copies of the parameters and of
     the (float32) input, through the NumPy reference ops (:data:`FLOAT64_OPS`): no line of the
     float32 path changes. Every output is float64.
     """
-    x = model._check_input(pixel_values).astype(np.float64)  # float32 is exact in float64
-    hidden, pooled, logits = model_mod.forward(
-        cast_params(model.params, np.float64), np.ascontiguousarray(x.transpose(0, 2, 3, 1)),
-        eps=model.config.norm_eps, head_eps=model.config.layer_norm_eps, ops=FLOAT64_OPS,
-        act=HIDDEN_ACTS[model.config.hidden_act], stem_type=model.config.stem_type, norm_layer=model.config.norm_layer,
-        head_norm_first=model.config.head_norm_first)
-    assert all(a.dtype == np.float64 for a in [*hidden, pooled, logits] if a is not None)
-    nchw = tuple(np.ascontiguousarray(h.transpose(0, 3, 1, 2)) for h in hidden)  # NHWC -> NCHW
-    return ConvNextOutput(logits=logits, pooled=pooled, last_hidden_state=nchw[-1], hidden_states=nchw)
+    x = check_pixel_values(pixel_values, model.config.num_channels).astype(np.float64)  # exact
+    out = run(cast_params(model.params, np.float64), model.config, x, ops=FLOAT64_OPS)
+    assert all(a.dtype == np.float64 for a in [*out.hidden_states, out.pooled, out.logits] if a is not None)
+    return out
 
 
 def run_all(model: ConvNeXt, pixel_values, float64: bool = False) -> dict:
@@ -206,7 +200,7 @@ def write_bundle(images, model, out_dir, float64: bool = False, *, name: str | N
     ``images``: paths (or PIL images, uint8 arrays), preprocessed by ``model.preprocessor``
     into one batch. ``model``: a loaded :class:`ConvNeXt` or anything ``from_pretrained``
     takes. ``name``: what the manifest calls the model (default: how it was given). Raises
-    :class:`ImageError` for an image that cannot be read; nothing is written then.
+    :class:`~convnext_np.ImageError` for an image that cannot be read; nothing is written then.
     """
     if name is None:
         name = model.source if isinstance(model, ConvNeXt) else str(model)

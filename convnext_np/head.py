@@ -34,7 +34,7 @@ import numpy as np
 from .classify import iter_forward, load_model
 from .evaluate import describe_processor, read_dataset
 from .files import atomic_write
-from .model import ConvNeXt
+from .loading import ConvNeXt
 from .preprocess import ImageProcessor, profile_processor
 
 ROWS_PER_CHUNK = 32768  # rows of the loss computed at once: bounds the (rows, K) temporaries

@@ -1,4 +1,5 @@
-"""``from_pretrained`` and ``save_pretrained``: official weight files and directories.
+"""The loaded model, :class:`ConvNeXt`, and ``from_pretrained`` and ``save_pretrained``:
+official weight files and directories.
 
 A local directory in Hugging Face layout (``config.json`` + ``model.safetensors``, a sharded
 ``model.safetensors.index.json`` or ``pytorch_model.bin``), a timm directory (``config.json``
@@ -16,13 +17,13 @@ from pathlib import Path
 import numpy as np
 from safetensors.numpy import save_file
 
-from . import backbone, family, weights
+from . import backbone, backends, family, threads, weights
 from .config import MODEL_TYPES, STRUCTURE_DEFAULTS, V2_VARIANTS, VARIANTS, ConvNextConfig, read_json_object
 from .errors import WeightsError
 from .files import WEIGHT_FILES, atomic_write, find_weights, read_state_dict
 from .guards import check_num_labels
 from .labels import imagenet_labels
-from .model import ConvNeXt
+from .model import ConvNextOutput, check_pixel_values, run
 from .preprocess import DINOV3_PREPROCESSING, ImageProcessor
 
 def _config_from_tensors(arch: dict, scheme: str, labels=None, norm_eps=None,
@@ -53,6 +54,65 @@ def _check_finite(tensors: dict, where: str) -> None:
     for name, value in tensors.items():
         if np.issubdtype(value.dtype, np.floating) and not np.isfinite(value).all():
             raise WeightsError(f"{where}: tensor {name!r} holds NaN or infinite values")
+
+
+def _read_only(tree):
+    """Mark every array of the parameter tree read-only (in place) and return the tree.
+
+    A loaded model's weights are constants: writing to one raises instead of changing the model
+    silently, and the Numba backend may keep a derived copy of each (kernels.pack).
+    """
+    if isinstance(tree, (dict, list)):
+        for value in tree.values() if isinstance(tree, dict) else tree:
+            _read_only(value)
+    array = tree
+    while isinstance(array, np.ndarray):  # the array, and the arrays it views (a reshaped copy, say)
+        array.flags.writeable = False
+        array = array.base
+    return tree
+
+
+class ConvNeXt:
+    """A loaded ConvNeXt. Call it on float32 ``pixel_values`` (N, 3, H, W), NCHW as in HF.
+
+    Build one with :func:`from_pretrained`; ``params`` is the tree that
+    :func:`convnext_np.weights.to_params` makes. It lives here, with the loader, because
+    :meth:`save_pretrained` writes what :func:`load_local` reads. A call is the network's
+    :func:`convnext_np.model.run` on the model's backend and threads.
+    """
+
+    def __init__(self, config: ConvNextConfig, params: dict, *, backend: str = "auto",
+                 preprocessor=None, source: str | None = None, num_threads: int | None = None,
+                 out_features=None):
+        self.config = config
+        self.params = _read_only(params)
+        # Stage names whose maps ``out.feature_maps`` returns (see backbone.feature_maps); their
+        # LayerNorms are in params["backbone_norms"] (absent for DINOv3, which has none).
+        self.out_features = list(out_features) if out_features else None
+        self.backend = backends.resolve(backend)
+        self.requested_backend = backend  # as asked for; a copy of the model asks for the same
+        self._backend_by_name = backends.chosen_by_name(backend)
+        self.num_threads = threads.check(num_threads)  # None: as the environment configures
+        self.preprocessor = preprocessor
+        self.source = source
+
+    def __repr__(self):
+        variant = self.config.variant() or f"depths={self.config.depths}"
+        if self.config.model_type == "convnextv2":
+            variant = f"V2 {variant}"
+        return (f"ConvNeXt({variant}, num_labels={self.config.num_labels}, "
+                f"backend={self.backend!r}, source={self.source!r})")
+
+    def __call__(self, pixel_values, output_hidden_states: bool = False) -> ConvNextOutput:
+        x = check_pixel_values(pixel_values, self.config.num_channels)
+        backend = backends.serving(self.backend, self._backend_by_name)  # NumPy while Numba compiles
+        with threads.limit(backend, self.num_threads):
+            return run(self.params, self.config, x, ops=backends.get(backend),
+                       out_features=self.out_features, output_hidden_states=output_hidden_states)
+
+    def save_pretrained(self, directory) -> None:
+        """Write the model in Hugging Face layout (see :func:`save_pretrained`)."""
+        save_pretrained(self, directory)
 
 
 def load_local(path: Path, *, backend: str = "auto", num_threads: int | None = None,

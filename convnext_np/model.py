@@ -5,7 +5,10 @@ References: the paper; facebookresearch/ConvNeXt ``models/convnext.py``; Hugging
 transformers ``modeling_convnext.py``; timm ``convnext.py``. Every function works channels-last
 (N, H, W, C); the parameter names are those of :mod:`convnext_np.weights`, so a block's
 parameters go in as ``block(x, **params, eps=...)``. ``ops`` is a backend: the NumPy reference
-:mod:`convnext_np.ops`, or a fast path with the same functions.
+:mod:`convnext_np.ops`, or a fast path with the same functions. Last, :func:`run` is the
+network as transformers' classes present it: NCHW pixel values in, every output NCHW
+(:class:`ConvNextOutput`). The module knows no files; a loaded model is
+:class:`convnext_np.ConvNeXt` (:mod:`convnext_np.loading`).
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import backends, ops as numpy_ops, threads
+from . import backbone, ops as numpy_ops
 from .config import HIDDEN_ACTS, ConvNextConfig
 from .errors import ImageError
 
@@ -100,22 +103,6 @@ def token_sequence(x, norm_w, norm_b, *, eps, ops):
     return ops.layer_norm(tokens, norm_w, norm_b, eps)
 
 
-STAGE_NAMES = ("stem", "stage1", "stage2", "stage3", "stage4")  # transformers' Backbone names
-
-
-def feature_maps(hidden, norms, out_features, *, pixels, ops):
-    """The maps of transformers' Backbone classes, channels-last, one per name in ``out_features``.
-
-    ``ConvNextBackbone`` passes each through its own channels-first LayerNorm, eps 1e-6
-    (``hidden_states_norms.<stage>``; ``norms`` holds their parameters). ``DINOv3ConvNextBackbone``
-    has no such norms (``norms`` is None) and its ``"stem"`` is the input itself."""
-    if norms is None:
-        maps = [pixels, *hidden[1:]]
-        return [maps[STAGE_NAMES.index(name)] for name in out_features]
-    return [ops.layer_norm(hidden[STAGE_NAMES.index(name)], norms[name]["w"], norms[name]["b"], 1e-6)
-            for name in out_features]
-
-
 def unfused(ops, **replacements):
     """``ops`` without the backend's fused layers (``stem``, ``downsample``, ``block``), which
     compute the paper's LayerNorm and GELU inside; every other op the backend's where it has one,
@@ -182,20 +169,25 @@ def forward(params, x, *, eps, head_eps, ops, act="gelu", stem_type="patch", nor
     return hidden, pooled, logits
 
 
-def _read_only(tree):
-    """Mark every array of the parameter tree read-only (in place) and return the tree.
-
-    A loaded model's weights are constants: writing to one raises instead of changing the model
-    silently, and the Numba backend may keep a derived copy of each (kernels.pack).
-    """
-    if isinstance(tree, (dict, list)):
-        for value in tree.values() if isinstance(tree, dict) else tree:
-            _read_only(value)
-    array = tree
-    while isinstance(array, np.ndarray):  # the array, and the arrays it views (a reshaped copy, say)
-        array.flags.writeable = False
-        array = array.base
-    return tree
+def check_pixel_values(x, num_channels: int) -> np.ndarray:
+    """``x`` as float32 NCHW pixel values of ``num_channels`` channels, or :class:`ImageError`
+    saying what is wrong with it (shape, an empty batch, too small, not floats, not finite)."""
+    x = np.asarray(x)
+    if x.ndim != 4 or x.shape[1] != num_channels:
+        raise ImageError(f"pixel_values must have shape (N, {num_channels}, H, W) (NCHW), "
+                         f"got {x.shape}")
+    if x.shape[0] == 0:
+        raise ImageError("pixel_values is an empty batch (N = 0)")
+    if min(x.shape[2:]) < MIN_INPUT_SIZE:
+        raise ImageError(f"pixel_values must be at least {MIN_INPUT_SIZE}x{MIN_INPUT_SIZE} "
+                         f"pixels, got {x.shape[2]}x{x.shape[3]}")
+    if not np.issubdtype(x.dtype, np.floating):
+        raise ImageError(f"pixel_values must be floating point (normalized pixels), got "
+                         f"{x.dtype}; use model.preprocessor to turn images into pixel_values")
+    x = x.astype(np.float32, copy=False)
+    if not np.isfinite(x).all():
+        raise ImageError("pixel_values contains NaN or infinite values")
+    return x
 
 
 @dataclass
@@ -212,82 +204,31 @@ class ConvNextOutput:
     sequence: np.ndarray | None = None
 
 
-class ConvNeXt:
-    """A loaded ConvNeXt. Call it on float32 ``pixel_values`` (N, 3, H, W), NCHW as in HF.
+def _nchw(x: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(x.transpose(0, 3, 1, 2))  # NHWC -> NCHW
 
-    Build one with :func:`convnext_np.from_pretrained`; ``params`` is the tree that
-    :func:`convnext_np.weights.to_params` makes.
-    """
 
-    def __init__(self, config: ConvNextConfig, params: dict, *, backend: str = "auto",
-                 preprocessor=None, source: str | None = None, num_threads: int | None = None,
-                 out_features=None):
-        self.config = config
-        self.params = _read_only(params)
-        # Stage names whose maps ``out.feature_maps`` returns (see :func:`feature_maps`); their
-        # LayerNorms are in params["backbone_norms"] (absent for DINOv3, which has none).
-        self.out_features = list(out_features) if out_features else None
-        self.backend = backends.resolve(backend)
-        self.requested_backend = backend  # as asked for; a copy of the model asks for the same
-        self._backend_by_name = backends.chosen_by_name(backend)
-        self.num_threads = threads.check(num_threads)  # None: as the environment configures
-        self.preprocessor = preprocessor
-        self.source = source
-
-    def __repr__(self):
-        variant = self.config.variant() or f"depths={self.config.depths}"
-        if self.config.model_type == "convnextv2":
-            variant = f"V2 {variant}"
-        return (f"ConvNeXt({variant}, num_labels={self.config.num_labels}, "
-                f"backend={self.backend!r}, source={self.source!r})")
-
-    def __call__(self, pixel_values, output_hidden_states: bool = False) -> ConvNextOutput:
-        x = self._check_input(pixel_values)
-        backend = backends.serving(self.backend, self._backend_by_name)  # NumPy while Numba compiles
-        c, ops = self.config, backends.get(backend)
-        x = np.ascontiguousarray(x.transpose(0, 2, 3, 1))  # NCHW -> NHWC
-        maps = sequence = None
-        with threads.limit(backend, self.num_threads):
-            hidden, pooled, logits = forward(
-                self.params, x, eps=c.norm_eps, head_eps=c.layer_norm_eps, ops=ops,
-                act=HIDDEN_ACTS[c.hidden_act], stem_type=c.stem_type, norm_layer=c.norm_layer,
-                head_norm_first=c.head_norm_first)
-            if self.out_features:
-                maps = feature_maps(hidden, self.params.get("backbone_norms"), self.out_features,
-                                    pixels=x, ops=ops)
-            if c.model_type == "dinov3_convnext" and c.final_norm:
-                sequence = token_sequence(hidden[-1], self.params["head"]["norm_w"],
-                                          self.params["head"]["norm_b"], eps=c.layer_norm_eps, ops=ops)
-        if not output_hidden_states:
-            hidden = hidden[-1:]
-        nchw = tuple(np.ascontiguousarray(h.transpose(0, 3, 1, 2)) for h in hidden)  # -> NCHW
-        return ConvNextOutput(
-            logits=logits, pooled=pooled, last_hidden_state=nchw[-1],
-            hidden_states=nchw if output_hidden_states else None, sequence=sequence,
-            feature_maps=None if maps is None else tuple(
-                np.ascontiguousarray(m.transpose(0, 3, 1, 2)) for m in maps))
-
-    def save_pretrained(self, directory) -> None:
-        """Write the model in Hugging Face layout (see :func:`convnext_np.loading.save_pretrained`)."""
-        from .loading import save_pretrained
-
-        save_pretrained(self, directory)
-
-    def _check_input(self, x) -> np.ndarray:
-        x = np.asarray(x)
-        if x.ndim != 4 or x.shape[1] != self.config.num_channels:
-            raise ImageError(
-                f"pixel_values must have shape (N, {self.config.num_channels}, H, W) (NCHW), "
-                f"got {x.shape}")
-        if x.shape[0] == 0:
-            raise ImageError("pixel_values is an empty batch (N = 0)")
-        if min(x.shape[2:]) < MIN_INPUT_SIZE:
-            raise ImageError(f"pixel_values must be at least {MIN_INPUT_SIZE}x{MIN_INPUT_SIZE} "
-                                f"pixels, got {x.shape[2]}x{x.shape[3]}")
-        if not np.issubdtype(x.dtype, np.floating):
-            raise ImageError(f"pixel_values must be floating point (normalized pixels), got "
-                                f"{x.dtype}; use model.preprocessor to turn images into pixel_values")
-        x = x.astype(np.float32, copy=False)
-        if not np.isfinite(x).all():
-            raise ImageError("pixel_values contains NaN or infinite values")
-        return x
+def run(params, config: ConvNextConfig, pixel_values, *, ops, out_features=None,
+        output_hidden_states: bool = True) -> ConvNextOutput:
+    """The network on NCHW ``pixel_values`` (checked by :func:`check_pixel_values`, in the
+    dtype of ``params``), with every output transformers' classes give, NCHW as theirs:
+    :func:`forward` on the channels-last input, then the maps of ``out_features``
+    (:func:`convnext_np.backbone.feature_maps`) and DINOv3's token sequence.
+    ``output_hidden_states=False`` keeps only the last map."""
+    c = config
+    x = np.ascontiguousarray(pixel_values.transpose(0, 2, 3, 1))  # NCHW -> NHWC
+    hidden, pooled, logits = forward(
+        params, x, eps=c.norm_eps, head_eps=c.layer_norm_eps, ops=ops, act=HIDDEN_ACTS[c.hidden_act],
+        stem_type=c.stem_type, norm_layer=c.norm_layer, head_norm_first=c.head_norm_first)
+    maps = None
+    if out_features:
+        maps = backbone.feature_maps(hidden, params.get("backbone_norms"), out_features,
+                                     pixels=x, ops=ops)
+    sequence = None
+    if c.model_type == "dinov3_convnext" and c.final_norm:
+        sequence = token_sequence(hidden[-1], params["head"]["norm_w"], params["head"]["norm_b"],
+                                  eps=c.layer_norm_eps, ops=ops)
+    hidden = tuple(map(_nchw, hidden if output_hidden_states else hidden[-1:]))
+    return ConvNextOutput(logits=logits, pooled=pooled, last_hidden_state=hidden[-1],
+                          hidden_states=hidden if output_hidden_states else None, sequence=sequence,
+                          feature_maps=None if maps is None else tuple(map(_nchw, maps)))

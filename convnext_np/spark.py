@@ -62,8 +62,8 @@ from .backends import BACKENDS
 from .classify import DEFAULT_MODEL, iter_forward, predictions, require_head
 from .errors import ImageError
 from .guards import decoding
-from .loading import from_pretrained
-from .model import MIN_INPUT_SIZE, ConvNeXt
+from .loading import ConvNeXt, from_pretrained
+from .model import MIN_INPUT_SIZE
 from .preprocess import ImageProcessor
 
 __all__ = ["ImageClassifier", "PREDICTION_TYPE", "spark_image_to_array"]

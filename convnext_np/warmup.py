@@ -173,7 +173,7 @@ STRUCTURES = (
 def _model(structure: dict):
     from . import backbone, weights
     from .config import ConvNextConfig
-    from .model import ConvNeXt
+    from .loading import ConvNeXt
     from .testing import realistic_state_dict
 
     fields = dict(structure)
