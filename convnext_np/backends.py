@@ -6,8 +6,8 @@ so ``import convnext_np`` imports no Numba and compiles nothing. ``"auto"`` take
 ``PREFERENCE`` that imports (Numba missing or broken: NumPy); the ``CONVNEXT_NP_BACKEND``
 environment variable sets what ``"auto"`` means.
 
-The numba backend compiles its kernels once per machine; :func:`serving` says which backend runs
-a call until then (:mod:`convnext_np.warmup`).
+The numba backend compiles its kernels once per machine; :func:`convnext_np.warmup.serving` says
+which backend runs a call until then.
 """
 
 import importlib
@@ -72,23 +72,3 @@ def chosen_by_name(name: str) -> bool:
     """Whether ``name`` (as given to a model) names a backend, directly or through the environment,
     rather than leaving the choice to ``"auto"``."""
     return name != "auto" or os.environ.get("CONVNEXT_NP_BACKEND", "auto") != "auto"
-
-
-def serving(name: str, by_name: bool) -> str:
-    """The backend that runs a call of a model whose backend is ``name``.
-
-    The numba backend runs once its kernels are in Numba's cache. Before that, a model whose
-    backend was chosen by name compiles them in this call (after saying so); one that left it to
-    ``"auto"`` runs on NumPy while they compile in the background.
-    """
-    if name != "numba":
-        return name
-    from . import warmup
-
-    if warmup.ready():
-        return name
-    if by_name:
-        warmup.compile_here()
-        return name
-    warmup.start_background()
-    return "numpy"

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from safetensors.numpy import save_file
 
-from . import backbone, backends, family, threads, weights
+from . import backbone, backends, family, threads, warmup, weights
 from .config import MODEL_TYPES, STRUCTURE_DEFAULTS, V2_VARIANTS, VARIANTS, ConvNextConfig, read_json_object
 from .errors import WeightsError
 from .files import WEIGHT_FILES, atomic_write, find_weights, read_state_dict
@@ -56,22 +56,6 @@ def _check_finite(tensors: dict, where: str) -> None:
             raise WeightsError(f"{where}: tensor {name!r} holds NaN or infinite values")
 
 
-def _read_only(tree):
-    """Mark every array of the parameter tree read-only (in place) and return the tree.
-
-    A loaded model's weights are constants: writing to one raises instead of changing the model
-    silently, and the Numba backend may keep a derived copy of each (kernels.pack).
-    """
-    if isinstance(tree, (dict, list)):
-        for value in tree.values() if isinstance(tree, dict) else tree:
-            _read_only(value)
-    array = tree
-    while isinstance(array, np.ndarray):  # the array, and the arrays it views (a reshaped copy, say)
-        array.flags.writeable = False
-        array = array.base
-    return tree
-
-
 class ConvNeXt:
     """A loaded ConvNeXt. Call it on float32 ``pixel_values`` (N, 3, H, W), NCHW as in HF.
 
@@ -85,7 +69,7 @@ class ConvNeXt:
                  preprocessor=None, source: str | None = None, num_threads: int | None = None,
                  out_features=None):
         self.config = config
-        self.params = _read_only(params)
+        self.params = weights.read_only(params)
         # Stage names whose maps ``out.feature_maps`` returns (see backbone.feature_maps); their
         # LayerNorms are in params["backbone_norms"] (absent for DINOv3, which has none).
         self.out_features = list(out_features) if out_features else None
@@ -105,7 +89,7 @@ class ConvNeXt:
 
     def __call__(self, pixel_values, output_hidden_states: bool = False) -> ConvNextOutput:
         x = check_pixel_values(pixel_values, self.config.num_channels)
-        backend = backends.serving(self.backend, self._backend_by_name)  # NumPy while Numba compiles
+        backend = warmup.serving(self.backend, self._backend_by_name)  # NumPy while Numba compiles
         with threads.limit(backend, self.num_threads):
             return run(self.params, self.config, x, ops=backends.get(backend),
                        out_features=self.out_features, output_hidden_states=output_hidden_states)
@@ -118,6 +102,7 @@ class ConvNeXt:
 def load_local(path: Path, *, backend: str = "auto", num_threads: int | None = None,
                out_features=None, out_indices=None) -> ConvNeXt:
     """A model from a local directory or weights file (see the module docstring)."""
+    backends.prepare(backend)  # Numba's import and set-up in the background, while the weights are read
     path = Path(path)
     config_json = read_json_object(path / "config.json") if (path / "config.json").is_file() else None
     weights_path = find_weights(path) if path.is_dir() else path

@@ -40,6 +40,10 @@ from pathlib import Path
 
 import numpy as np
 
+from . import backbone, model, weights
+from .config import ConvNextConfig
+from .testing import random_pixels, realistic_state_dict
+
 log = logging.getLogger("convnext_np")
 
 MARKER = "convnext_np-warm.json"
@@ -124,6 +128,22 @@ def compile_here() -> None:
     run(wait=True)
 
 
+def serving(name: str, by_name: bool) -> str:
+    """The backend that runs a call of a model whose backend is ``name``.
+
+    The numba backend runs once its kernels are in Numba's cache. Before that, a model whose
+    backend was chosen by name compiles them in this call (after saying so); one that left it to
+    ``"auto"`` runs on NumPy while they compile in the background.
+    """
+    if name != "numba" or ready():
+        return name
+    if by_name:
+        compile_here()
+        return name
+    start_background()
+    return "numpy"
+
+
 @contextlib.contextmanager
 def _exclusive(directory: Path, wait: bool):
     """Yield True while this process holds the machine's compile lock; False (at once) when
@@ -171,11 +191,7 @@ STRUCTURES = (
 
 
 def _model(structure: dict):
-    from . import backbone, weights
-    from .config import ConvNextConfig
-    from .loading import ConvNeXt
-    from .testing import realistic_state_dict
-
+    """(config, parameters, out_features) of a small random model of ``structure``."""
     fields = dict(structure)
     out_features = fields.pop("out_features", None)
     num_labels = fields.pop("num_labels", 3)
@@ -184,7 +200,7 @@ def _model(structure: dict):
     params = weights.to_params(realistic_state_dict(weights.expected_shapes(config)), config, "warm-up")
     if out_features:
         params["backbone_norms"] = backbone.norm_params(out_features, {}, config.hidden_sizes)
-    return ConvNeXt(config, params, backend="numba", out_features=out_features)
+    return config, weights.read_only(params), out_features
 
 
 def compile_all() -> None:
@@ -192,13 +208,14 @@ def compile_all() -> None:
     random model of each structure, on inputs that take every code path."""
     import numba
 
-    from .testing import random_pixels
+    from . import kernels
 
     sides = _sides(numba.config.NUMBA_NUM_THREADS)
     for structure in STRUCTURES:
-        model = _model(structure)
+        config, params, out_features = _model(structure)
         for side in sides:
-            model(random_pixels((1, 3, side, side)))
+            model.run(params, config, random_pixels((1, 3, side, side)), ops=kernels,
+                      out_features=out_features)
 
 
 # --- Choosing the GEMM plan (kernels.Plan) for this machine ---------------------------------------

@@ -443,6 +443,24 @@ def _node(tree, path):
     return tree
 
 
+def read_only(tree):
+    """Mark every array of the parameter tree read-only (in place) and return the tree.
+
+    A loaded model's weights are constants: writing to one raises instead of changing the model
+    silently, and the Numba backend may keep a derived copy of each (kernels.pack). Numba compiles
+    its kernels for read-only arrays apart from writable ones, so the warm-up's models are marked
+    the same way.
+    """
+    if isinstance(tree, (dict, list)):
+        for value in tree.values() if isinstance(tree, dict) else tree:
+            read_only(value)
+    array = tree
+    while isinstance(array, np.ndarray):  # the array, and the arrays it views (a reshaped copy, say)
+        array.flags.writeable = False
+        array = array.base
+    return tree
+
+
 def to_params(hf: dict, config: ConvNextConfig, where: str) -> dict:
     """Check HF-named torch-layout tensors against ``config``; return the model's parameter tree.
 

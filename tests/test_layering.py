@@ -34,21 +34,9 @@ LAYER = {module: rank for rank, modules in enumerate(LAYERS.values()) for module
 # Imports inside a function that are deliberate: what they import is heavy and most uses of the
 # importing module never need it.
 LAZY = {
-    ("backends", "warmup"): "compiling the Numba kernels: only once a model runs on numba",
     ("warmup", "kernels"): "Numba itself, imported only where the kernels are compiled",
     ("loading", "hub"): "HTTP machinery (urllib.request, http.client, ssl): only for a name, "
                         "never for a local path",
-}
-# Imports that the layering does not allow yet, each with why it is still there. The test fails
-# when one of them goes away without being removed from here.
-KNOWN = {
-    ("backends", "warmup"): "upward: a numba call waits for (or starts) the compile, which runs "
-                            "small models; warmup could run model.forward on the kernels instead",
-    ("warmup", "backbone"): "inside a function, though nothing heavy: warmup's own choice",
-    ("warmup", "config"): "inside a function, though nothing heavy: warmup's own choice",
-    ("warmup", "weights"): "inside a function, though nothing heavy: warmup's own choice",
-    ("warmup", "testing"): "inside a function, though nothing heavy: warmup's own choice",
-    ("warmup", "loading"): "inside a function, though nothing heavy: warmup's own choice",
 }
 
 
@@ -126,26 +114,22 @@ def test_every_module_has_one_layer():
 def test_no_module_imports_a_higher_layer():
     edges = {(a, b) for a, b, _, _ in imports()}
     found = set(upward(edges))
-    assert found - KNOWN.keys() == set(), "an import from a higher layer (see LAYERS)"
+    assert found == set(), "an import from a higher layer (see LAYERS)"
 
 
 def test_no_circles():
-    edges = {(a, b) for a, b, _, _ in imports()} - {e for e in KNOWN if e in upward(KNOWN)}
+    edges = {(a, b) for a, b, _, _ in imports()}
     assert circles(edges) == []
 
 
 def test_imports_inside_functions_are_deliberate():
     inside = {(a, b) for a, b, in_function, _ in imports() if in_function}
-    assert inside - LAZY.keys() - KNOWN.keys() == set(), \
+    assert inside - LAZY.keys() == set(), \
         "a sibling imported inside a function: import it at the top, or say in LAZY why not"
 
 
-def test_the_known_exceptions_still_exist():
-    edges = {(a, b) for a, b, _, _ in imports()}
+def test_every_lazy_import_is_still_lazy():
     inside = {(a, b) for a, b, in_function, _ in imports() if in_function}
-    for edge, why in KNOWN.items():
-        assert edge in (edges if why.startswith("upward") else inside), \
-            f"{edge} is fixed: take it out of KNOWN"
     assert LAZY.keys() <= inside, "an entry of LAZY is no longer a lazy import"
 
 

@@ -107,18 +107,18 @@ def test_numba_by_name_compiles_in_the_call_and_says_so(monkeypatch, caplog):
     monkeypatch.setattr(warmup.subprocess, "Popen", lambda *a, **k: started.append(a))
     monkeypatch.setattr(warmup, "run", lambda wait=False: compiled.append(wait))
     with caplog.at_level(logging.WARNING, logger="convnext_np"):
-        assert backends.serving("numba", by_name=True) == "numba"
-        assert backends.serving("numba", by_name=True) == "numba"
+        assert warmup.serving("numba", by_name=True) == "numba"
+        assert warmup.serving("numba", by_name=True) == "numba"
     assert compiled == [True, True]  # in the call, after any compile running elsewhere
     assert len(caplog.records) == 1 and "before the first call" in caplog.records[0].getMessage()
     assert not started
 
     with caplog.at_level(logging.WARNING, logger="convnext_np"):
-        assert backends.serving("numba", by_name=False) == "numpy"
-        assert backends.serving("numba", by_name=False) == "numpy"
+        assert warmup.serving("numba", by_name=False) == "numpy"
+        assert warmup.serving("numba", by_name=False) == "numpy"
     assert len(started) == 1  # one background warm-up per process
     assert "in the background" in caplog.records[-1].getMessage()
-    assert backends.serving("numpy", by_name=False) == "numpy"
+    assert warmup.serving("numpy", by_name=False) == "numpy"
 
 
 def test_the_estimate_is_the_last_compile_measured_here(tmp_path, monkeypatch):
