@@ -92,6 +92,7 @@ import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
 from pathlib import Path
 from urllib.parse import quote, urljoin, urlsplit
 
@@ -483,7 +484,6 @@ def _retry_after(headers) -> float | None:
     value = (headers.get("Retry-After") or "").strip()
     if value.isdigit():
         return float(value)
-    from email.utils import parsedate_to_datetime
     try:
         when = parsedate_to_datetime(value)
     except (TypeError, ValueError):

@@ -50,6 +50,10 @@ def layer_norm(x, w, b, eps):
     return (x - mean) / np.sqrt(var + eps) * w + b
 
 
+ERF_P = 0.3275911
+ERF_A = (0.254829592, -0.284496736, 1.421413741, -1.453152027, 1.061405429)  # Abramowitz & Stegun 7.1.26
+
+
 def erf(x):
     """The error function to float32 accuracy (|error| < 1.5e-7): Abramowitz & Stegun 7.1.26,
     erf(a) = 1 - t (a1 + a2 t + ... + a5 t^4) exp(-a^2), t = 1 / (1 + p a), for a = |x|."""
@@ -59,8 +63,6 @@ def erf(x):
     return np.copysign(1 - poly * np.exp(-a * a), x)
 
 
-ERF_P = 0.3275911
-ERF_A = (0.254829592, -0.284496736, 1.421413741, -1.453152027, 1.061405429)
 GELU_CHUNK = 1 << 14  # elements per step of gelu (64 KiB of float32)
 
 
