@@ -91,6 +91,13 @@ def require_head(model: ConvNeXt) -> None:
                          "its features are model(pixel_values).pooled (or .feature_maps)")
 
 
+def require_pooled(model: ConvNeXt) -> None:
+    """Raise ValueError for a Backbone checkpoint: it has no final LayerNorm, so no pooled features."""
+    if not model.config.final_norm:
+        raise ValueError(f"{model.source}: a Backbone checkpoint (no final LayerNorm) has no pooled "
+                         "features; its outputs are model(pixel_values).feature_maps")
+
+
 def predictions(logits: np.ndarray, id2label: dict, top_k: int) -> list:
     """The ``top_k`` :class:`Prediction` s of one image's logits (K,), best first."""
     return top_k_predictions(softmax(logits), id2label, top_k)

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from . import golden, published
-from .classify import DEFAULT_MODEL, expand_paths, iter_classify, iter_forward, load_model
+from .classify import DEFAULT_MODEL, expand_paths, iter_classify, iter_forward, load_model, require_pooled
 from .config import V2_VARIANTS, VARIANTS, ConvNextConfig
 from .family import describe
 from .errors import ConvNextError, ImageError
@@ -162,9 +162,10 @@ def cmd_features(args) -> int:
     if not paths:
         return report_no_images()
     model = _load(args)
-    if not model.config.final_norm:
-        print(f"convnext-np: error: {args.model} is a Backbone checkpoint (no final LayerNorm), so it "
-              "has no pooled features; use it through the Python API's out.feature_maps", file=sys.stderr)
+    try:
+        require_pooled(model)
+    except ValueError as e:
+        print(f"convnext-np: error: {e}", file=sys.stderr)
         return EXIT_USAGE
     done, features, failed = [], [], 0
     progress = Progress(len(paths), _progress_enabled(args))

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .classify import iter_forward, load_model
+from .classify import iter_forward, load_model, require_pooled
 from .evaluate import describe_processor, read_dataset
 from .files import atomic_write
 from .loading import ConvNeXt
@@ -287,9 +287,7 @@ def fit_head(model, images, labels=None, *, val_fraction: float = 0.2, l2: float
     disk (:class:`FeatureCache`). Unreadable images are left out and named in the report.
     """
     model = load_model(model, backend)
-    if not model.config.final_norm:
-        raise ValueError(f"{model.source}: a Backbone checkpoint has no final LayerNorm, so no pooled "
-                         "features to fit a head on")
+    require_pooled(model)
     if labels is None:
         pairs = read_dataset(images)
         images, labels = [image for image, _ in pairs], [label for _, label in pairs]

@@ -27,6 +27,11 @@ probability of every class, keyed by its label (a label that names two classes i
 ``"<label> (<index>)"`` for each), written as Spark NLP writes floats; Spark NLP itself keys only
 ten of them correctly.
 
+``outputMode="embeddings"`` makes ``outputCol`` the pooled features (``array<float>``) and
+classifies nothing, so it also serves checkpoints without a classification head (timm's FCMAE
+encoders, DINOv3 ConvNeXt, any ``num_labels`` 0 model); a Backbone checkpoint has no pooled
+features and is refused.
+
 Execution is ``mapInArrow``: each Arrow batch goes through
 :func:`convnext_np.classify.iter_forward` in chunks of ``batchSize``. Each Python worker
 loads the model once (a module-level cache), from the path on the executor's disk, and uses
@@ -59,7 +64,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from .backends import BACKENDS
-from .classify import DEFAULT_MODEL, iter_forward, predictions, require_head
+from .classify import DEFAULT_MODEL, iter_forward, predictions, require_head, require_pooled
 from .errors import ImageError
 from .guards import decoding
 from .loading import ConvNeXt, from_pretrained
@@ -83,7 +88,7 @@ ANNOTATION_TYPE = T.ArrayType(T.StructType([
     T.StructField("metadata", T.MapType(T.StringType(), T.StringType())),
     T.StructField("embeddings", T.ArrayType(T.FloatType(), containsNull=False)),
 ]))
-OUTPUT_MODES = ("predictions", "annotations")
+OUTPUT_MODES = ("predictions", "annotations", "embeddings")
 
 # Spark's image data source: OpenCV type codes of the 8-bit modes it writes, and channels.
 OCV_CHANNELS = {0: 1, 16: 3, 24: 4}  # CV_8UC1, CV_8UC3, CV_8UC4
@@ -128,8 +133,9 @@ class ImageClassifier(Transformer, HasInputCol, HasOutputCol,
     backend = Param(Params._dummy(), "backend", "'auto' or a convnext_np backend name",
                     TypeConverters.toString)
     outputMode = Param(Params._dummy(), "outputMode",
-                       "'predictions' (label, index, score; topK of them) or 'annotations' "
-                       "(Spark NLP's Annotation: result = label, metadata = every label's score)",
+                       "'predictions' (label, index, score; topK of them), 'annotations' "
+                       "(Spark NLP's Annotation: result = label, metadata = every label's score) "
+                       "or 'embeddings' (the pooled features; for models without a head too)",
                        TypeConverters.toString)
     dropInvalid = Param(Params._dummy(), "dropInvalid",
                         "drop rows that cannot be decoded instead of returning their error",
@@ -223,8 +229,13 @@ class ImageClassifier(Transformer, HasInputCol, HasOutputCol,
         if self.getOutputMode() not in OUTPUT_MODES:
             raise ValueError(f"ImageClassifier: outputMode must be one of {OUTPUT_MODES}, got "
                              f"{self.getOutputMode()!r}")
-        annotations = self.getOutputMode() == "annotations"
-        new_fields = [T.StructField(self.getOutputCol(), ANNOTATION_TYPE if annotations else PREDICTION_TYPE),
+        mode = self.getOutputMode()
+        if mode == "embeddings" and self.getEmbeddingCol():
+            raise ValueError("ImageClassifier: with outputMode='embeddings' the pooled features are "
+                             "outputCol; leave embeddingCol unset")
+        output_type = {"predictions": PREDICTION_TYPE, "annotations": ANNOTATION_TYPE,
+                       "embeddings": EMBEDDING_TYPE}[mode]
+        new_fields = [T.StructField(self.getOutputCol(), output_type),
                       T.StructField(self.getErrorCol(), T.StringType())]
         if self.getEmbeddingCol():
             new_fields.append(T.StructField(self.getEmbeddingCol(), EMBEDDING_TYPE))
@@ -254,7 +265,7 @@ class ImageClassifier(Transformer, HasInputCol, HasOutputCol,
             path_index=None if path_col is None else schema.names.index(path_col),
             top_k=self.getTopK(), batch_size=self.getBatchSize(),
             embedding=bool(self.getEmbeddingCol()), drop_invalid=self.getDropInvalid(),
-            new_names=tuple(names), annotations=annotations)
+            new_names=tuple(names), mode=mode)
         # functools.partial of a module-level function: cloudpickle sends it by reference, so
         # the workers use this module's cache rather than a pickled copy of it.
         return dataset.mapInArrow(functools.partial(_classify_batches, settings),
@@ -287,7 +298,7 @@ class _Settings:
     embedding: bool
     drop_invalid: bool
     new_names: tuple  # outputCol, errorCol[, embeddingCol]
-    annotations: bool = False  # outputMode="annotations"
+    mode: str = "predictions"  # outputMode
 
 
 # The models of this Python worker process, by (model path, backend, preprocessing overrides).
@@ -455,33 +466,44 @@ def _classify_batch(settings, model, batch):
             fed.append(i)
             yield image
 
-    top_k = model.config.num_labels if settings.annotations else settings.top_k
-    keys = _metadata_keys(model.config.id2label) if settings.annotations else None
+    annotations = settings.mode == "annotations"
+    top_k = model.config.num_labels if annotations else settings.top_k
+    keys = _metadata_keys(model.config.id2label) if annotations else None
     results = iter_forward(images(), model, settings.batch_size)
     for k, (image, logits, pooled, error) in enumerate(results):
         i = fed[k]
         if error is not None:
             errors[i] = _message(error, image, _where(settings, batch, i))
             continue
+        if settings.mode == "embeddings":
+            outputs[i] = pooled
+            continue
         preds = predictions(logits, model.config.id2label, top_k)
-        if settings.annotations:
+        if annotations:
             outputs[i] = [annotation(preds, keys)]
         else:
             outputs[i] = [{"label": p.label, "index": p.index, "score": p.score} for p in preds]
         if settings.embedding:
             embeddings[i] = pooled
 
-    output_type = _arrow_annotation_type() if settings.annotations else _arrow_prediction_type()
+    output_type = {"predictions": _arrow_prediction_type, "annotations": _arrow_annotation_type,
+                   "embeddings": _arrow_embedding_type}[settings.mode]()
     arrays = [pa.array(outputs, type=output_type),
               pa.array(errors, type=pa.string())]
     if settings.embedding:
-        arrays.append(pa.array(embeddings, type=pa.list_(pa.float32())))  # float32 rows or None
+        arrays.append(pa.array(embeddings, type=_arrow_embedding_type()))
     out = pa.RecordBatch.from_arrays(
         list(batch.columns) + arrays,
         names=list(batch.schema.names) + list(settings.new_names))
     if settings.drop_invalid:
         out = out.filter(pa.array([e is None for e in errors]))
     return out
+
+
+def _arrow_embedding_type():
+    import pyarrow as pa
+
+    return pa.list_(pa.float32())  # float32 rows, or None for a row that failed
 
 
 def _arrow_prediction_type():
@@ -534,7 +556,7 @@ def _arrow_annotation_type():
 def _classify_batches(settings, batches):
     """The mapInArrow function: runs in the executor's Python worker, once per partition."""
     model = _get_model(settings.model_path, settings.backend, settings.overrides)
-    require_head(model)
+    (require_pooled if settings.mode == "embeddings" else require_head)(model)
     cpus = _task_cpus()
     _set_threads(cpus, model.backend)
     model = copy.copy(model)  # the cached model, run on this task's threads (convnext_np.threads)

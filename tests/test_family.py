@@ -371,6 +371,6 @@ def test_a_new_head_on_family_members():
     assert_allclose(classifier(x).logits, dino(x).pooled[:, :3], rtol=0, atol=1e-6)
     mlp = cnp.from_pretrained(FAMILY / "timm-mlp-head")
     assert with_head(mlp, np.ones((2, 24), np.float32), np.zeros(2, np.float32), ["a", "b"])(x).logits.shape == (1, 2)
-    with pytest.raises(ValueError, match="Backbone checkpoint has no final LayerNorm"):
+    with pytest.raises(ValueError, match=r"Backbone checkpoint \(no final LayerNorm\) has no pooled features"):
         cnp.fit_head(cnp.from_pretrained(FAMILY / "hf-backbone"), [str(ROOT / "tests" / "data" / "images" / "chelsea.png")],
                      ["cat"])

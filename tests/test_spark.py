@@ -26,6 +26,7 @@ from convnext_np.spark import ImageClassifier, spark_image_to_array  # noqa: E40
 pytestmark = pytest.mark.filterwarnings("ignore:PySpark does not yet fully support pandas")
 
 MODEL = str(FIXTURES / "hf-safetensors")
+FAMILY = FIXTURES.parent / "family"
 PNGS = [p for p in ALL_IMAGES if p.suffix == ".png"]
 THREE_PNGS = [IMAGE_DIR / name for name in ("camera.png", "chelsea.png", "coffee.png")]
 
@@ -270,6 +271,37 @@ def test_driver_side_checks(spark):
         ImageClassifier(modelPath=MODEL, inputCol="content", size=16).transform(df)
     with pytest.raises(ValueError, match="unknown backend"):
         ImageClassifier(modelPath=MODEL, inputCol="content", backend="cuda").transform(df)
+
+
+@pytest.mark.parametrize("checkpoint", [FIXTURES / "hf-safetensors", FIXTURES / "v2-timm-fcmae",
+                                        FAMILY / "hf-dinov3"], ids=lambda p: p.name)
+def test_embeddings_mode_gives_pooled_features_with_or_without_a_head(spark, checkpoint, image_dir):
+    """outputMode='embeddings': outputCol is model(...).pooled, also for the headless FCMAE and
+    DINOv3 checkpoints, which the other modes cannot classify with; a bad file gets its error."""
+    df = spark.read.format("binaryFile").load(str(image_dir))
+    clf = ImageClassifier(modelPath=str(checkpoint), inputCol="content", outputCol="features",
+                          outputMode="embeddings", batchSize=2, backend="numpy")
+    rows = by_name(clf.transform(df).select("path", "features", "error").collect(), "path")
+    local = cnp.from_pretrained(checkpoint, backend="numpy")
+    for p in THREE_PNGS:
+        assert rows[p.name].error is None
+        np.testing.assert_allclose(np.array(rows[p.name].features, np.float32),
+                                   local(local.preprocessor(p)).pooled[0], rtol=0, atol=1e-5, strict=True)
+    assert rows["broken.png"].features is None and "cannot read image" in rows["broken.png"].error
+
+
+def test_embeddings_mode_refuses_a_backbone_and_a_second_embedding_column(spark):
+    df = spark.read.format("binaryFile").load(str(IMAGE_DIR / "camera.png"))
+    with pytest.raises(ValueError, match="leave embeddingCol unset"):
+        ImageClassifier(modelPath=MODEL, inputCol="content", outputMode="embeddings",
+                        embeddingCol="e").transform(df)
+    backbone = ImageClassifier(modelPath=str(FAMILY / "hf-backbone"), inputCol="content",
+                               outputMode="embeddings", backend="numpy")
+    with pytest.raises(Exception, match="Backbone checkpoint"):
+        backbone.transform(df).collect()
+    with pytest.raises(Exception, match="no classification head"):  # the other modes need a head
+        ImageClassifier(modelPath=str(FIXTURES / "v2-timm-fcmae"), inputCol="content",
+                        backend="numpy").transform(df).collect()
 
 
 def test_import_convnext_np_does_not_import_pyspark():
