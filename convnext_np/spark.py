@@ -61,7 +61,6 @@ except ImportError as e:  # pragma: no cover - only without the extra
                       "pip install 'convnext-np[spark]'") from e
 
 import numpy as np
-from threadpoolctl import threadpool_limits
 
 from .backends import BACKENDS
 from .classify import DEFAULT_MODEL, iter_forward, predictions, require_head, require_pooled
@@ -346,30 +345,6 @@ def _get_model(model_path: str, backend: str = "auto", overrides=()):
         return model
 
 
-_THREADS = None  # the thread count this worker was set to
-
-
-def _set_threads(cpus: int, backend: str) -> None:
-    """Use ``cpus`` (spark.task.cpus) threads for the numeric libraries in this worker.
-
-    BLAS: OpenBLAS sizes its pool when numpy is first imported, which in a Spark worker is
-    before any task code runs; Spark starts each Python worker with ``OMP_NUM_THREADS`` set
-    to ``spark.task.cpus`` (unless ``spark.executorEnv.OMP_NUM_THREADS`` says otherwise), which
-    OpenBLAS honours. threadpoolctl enforces the count at run time too (for an
-    ``OPENBLAS_NUM_THREADS``/``MKL_NUM_THREADS`` left in the executor's environment). Numba's
-    pool is set with ``numba.set_num_threads`` (it reads only ``NUMBA_NUM_THREADS``).
-    """
-    global _THREADS
-    if _THREADS == (cpus, backend):
-        return
-    threadpool_limits(limits=cpus)
-    if backend == "numba":
-        import numba
-
-        numba.set_num_threads(max(1, min(cpus, numba.config.NUMBA_NUM_THREADS)))
-    _THREADS = (cpus, backend)
-
-
 def _task_cpus() -> int:
     from pyspark import TaskContext
 
@@ -557,10 +532,10 @@ def _classify_batches(settings, batches):
     """The mapInArrow function: runs in the executor's Python worker, once per partition."""
     model = _get_model(settings.model_path, settings.backend, settings.overrides)
     (require_pooled if settings.mode == "embeddings" else require_head)(model)
-    cpus = _task_cpus()
-    _set_threads(cpus, model.backend)
-    model = copy.copy(model)  # the cached model, run on this task's threads (convnext_np.threads)
-    model.num_threads = cpus
+    # The cached model, run on this task's spark.task.cpus threads: its BLAS or Numba count is
+    # set for each call and restored after it (convnext_np.threads), whichever backend serves.
+    model = copy.copy(model)
+    model.num_threads = _task_cpus()
     for batch in batches:
         if batch.num_rows:
             yield _classify_batch(settings, model, batch)

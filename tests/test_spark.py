@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import numpy as np
@@ -245,16 +246,23 @@ def test_numba_backend_uses_task_cpus_threads(spark, model, image_dir):
         got = {r["index"]: r.score for r in rows[p.name].predictions}
         assert got == pytest.approx({q.index: q.score for q in preds}, rel=0, abs=1e-5)
 
-    def threads(batches):  # spark.task.cpus is 1: numba runs one thread where we ran
-        import numba
-        import pyarrow as pa
-        import convnext_np.spark as s
-        for _ in batches:
-            yield pa.RecordBatch.from_pydict({"ran": [s._THREADS is not None],
-                                              "n": [numba.get_num_threads()]})
 
-    seen = spark.range(8).repartition(8).mapInArrow(threads, "ran boolean, n long").collect()
-    assert any(r.ran for r in seen) and all(r.n == 1 for r in seen if r.ran), seen
+
+def test_each_task_runs_the_model_on_its_task_cpus(monkeypatch):
+    """The mapInArrow function runs a copy of the worker's cached model with num_threads =
+    spark.task.cpus, which convnext_np.threads applies per call, whatever backend serves."""
+    import convnext_np.spark as s
+
+    cached = cnp.from_pretrained(MODEL, backend="numpy")
+    seen = []
+    monkeypatch.setattr(s, "_get_model", lambda *args: cached)
+    monkeypatch.setattr(s, "_task_cpus", lambda: 3)
+    monkeypatch.setattr(s, "_classify_batch", lambda settings, model, batch: seen.append(model))
+    settings = s._Settings(model_path=MODEL, backend="numpy", overrides=(), kind="binary", input_index=0,
+                           path_index=None, top_k=1, batch_size=1, embedding=False, drop_invalid=False,
+                           new_names=("predictions", "error"))
+    list(s._classify_batches(settings, [types.SimpleNamespace(num_rows=1)]))
+    assert [m.num_threads for m in seen] == [3] and cached.num_threads is None
 
 
 def test_driver_side_checks(spark):
