@@ -238,7 +238,7 @@ def test_model_shipped_with_add_file_is_found_by_name(spark, model, tmp_path):
 
 
 @pytest.mark.skipif(importlib.util.find_spec("numba") is None, reason="numba is not installed")
-def test_numba_backend_uses_task_cpus_threads(spark, model, image_dir):
+def test_numba_backend_gives_the_numpy_predictions(spark, model, image_dir):
     df = spark.read.format("binaryFile").load([str(p) for p in PNGS]).repartition(2)
     clf = ImageClassifier(modelPath=MODEL, inputCol="content", topK=10, backend="numba")
     rows = by_name(clf.transform(df).collect(), "path")
