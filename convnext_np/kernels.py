@@ -698,6 +698,7 @@ def _gemm(a, b, c, r0, r1, j0, j1, epilogue, bias, gamma, x2, out2, x_row0, ssq,
     activations (MC x KC) stay in L2; the weights stream from memory once per row block, evenly
     over the whole computation.
     """
+    _wide_vectors()
     if r0 >= r1 or j0 >= j1:
         return
     k = a.shape[1]
@@ -771,6 +772,34 @@ def _gelu1(v):
     return max(v, _ZERO) - a * q
 
 
+def _wide_vectors():
+    """Compiled: asks LLVM to vectorise the loops of the function that calls it with the host's
+    full vector width. Does nothing in Python (``NUMBA_DISABLE_JIT``)."""
+
+
+@intrinsic
+def _wide_vectors_ir(typingctx):
+    def codegen(context, builder, signature, args):
+        # LLVM's tuning for Intel server cores with AVX-512 (``prefer-256-bit``) vectorises plain
+        # loops 8 floats at a time; the string attribute "prefer-vector-width"="512" overrides it
+        # for one function (LLVM's X86 subtarget reads it per function). llvmlite's attribute set
+        # accepts only LLVM's keyword attributes, so the string attribute goes in past its check:
+        # it is printed verbatim into the function's definition. The attribute must be on the
+        # function whose loops LLVM vectorises: a callee inlined into a caller without it takes
+        # the caller's width, so every kernel on the hot path calls this. (docs/kernels.md,
+        # "Vector width")
+        if LANES == 16:
+            set.add(builder.function.attributes, '"prefer-vector-width"="512"')
+        return context.get_dummy_value()
+
+    return types.void(), codegen
+
+
+@overload(_wide_vectors, inline="always")  # inlined in Numba's IR: its codegen runs in the caller
+def _wide_vectors_jit():
+    return lambda: _wide_vectors_ir()
+
+
 # The loops below are written the way LLVM vectorises them: innermost over a 1-D slice from 0
 # (``h[r, c0:c1]``). The same loop over ``range(c0, c1)`` on 2-D indices compiled to scalar code:
 # 4.2 ns/element for bias + GELU against 0.31 (measured on the tiny's 256 x 384 tiles).
@@ -778,6 +807,7 @@ def _gelu1(v):
 @njit(fastmath=_CONTRACT, **_JIT)
 def _bias_gelu(h, r0, r1, c0, c1, b):
     """h[r0:r1, c0:c1] = gelu(h + b[c0:c1]), in place."""
+    _wide_vectors()
     bias = b[c0:c1]
     for r in range(r0, r1):
         row = h[r, c0:c1]
@@ -790,6 +820,7 @@ def _add_squares(h, r0, r1, c0, c1, ssq, x_row0, hw):
     """ssq[image of row r, c] += h[r, c]^2 for the block (row r is pixel x_row0 + r of images of hw
     pixels): GRN's sums of squares, taken while the block is in L1. (Not fused into _bias_gelu's
     loop: that would compile GELU once more into every specialization of _gemm.)"""
+    _wide_vectors()
     for r in range(r0, r1):
         row, acc = h[r, c0:c1], ssq[(x_row0 + r) // hw, c0:c1]
         for c in range(c1 - c0):
@@ -801,6 +832,7 @@ def _scale_rows(a, r0, r1, k0, k1, scale, shift, x_row0, hw, dst, d0):
     """dst[d0 + r - r0, k0:k1] = a[r, k0:k1] * scale[image of row r, k0:k1] + shift[k0:k1] (row r
     is pixel x_row0 + r of images of hw pixels; dst may be a): GRN applied to fc2's input
     (_grn_scale)."""
+    _wide_vectors()
     sh = shift[k0:k1]
     for r in range(r0, r1):
         row, s, out = a[r, k0:k1], scale[(x_row0 + r) // hw, k0:k1], dst[d0 + r - r0, k0:k1]
@@ -844,6 +876,7 @@ def _grn_scale(ssq, n0, n1, w, scale):
 @njit(fastmath=_CONTRACT, **_JIT)
 def _residual(x2, o, o_row0, r0, r1, c0, c1, gamma, b2, out2):
     """out2[r, c] = x2[r, c] + gamma[c] (o[r - o_row0, c] + b2[c]): fc2's bias, layer scale, residual."""
+    _wide_vectors()
     g, bias = gamma[c0:c1], b2[c0:c1]
     for r in range(r0, r1):
         xr, orow, dst = x2[r, c0:c1], o[r - o_row0, c0:c1], out2[r, c0:c1]
@@ -853,6 +886,7 @@ def _residual(x2, o, o_row0, r0, r1, c0, c1, gamma, b2, out2):
 
 @njit(fastmath=_CONTRACT, **_JIT)
 def _add_bias(y, r0, r1, c0, c1, b):
+    _wide_vectors()
     bias = b[c0:c1]
     for r in range(r0, r1):
         row = y[r, c0:c1]
@@ -881,6 +915,7 @@ def _layer_norm1(src, w, b, eps, dst):
 @njit(fastmath=_REASSOC, **_JIT)
 def _layer_norm_rows(v, r0, r1, w, b, eps, out):
     """out[r] = LayerNorm(v[r]) over channels for r0 <= r < r1 (out may be v); biased variance."""
+    _wide_vectors()
     for r in range(r0, r1):
         _layer_norm1(v[r], w, b, eps, out[r])
 
@@ -982,6 +1017,7 @@ def _dw7_row(ring, h, w0, w1, wt, bias, out, o0):
 @njit(**_JIT)
 def _ring_load(x, n, hh, ring, slot):
     """ring[slot, 3:W+3] = x[n, hh] (zeros outside the image); the 3 + 3 border columns stay 0."""
+    _wide_vectors()
     width, nc = x.shape[2], x.shape[3]
     if 0 <= hh < x.shape[1]:
         for w in range(width):
@@ -1024,6 +1060,7 @@ def _dwconv_span(x, p0, p1, wt, bias, ln_w, ln_b, eps, out, o0):
     Each image row is convolved into a row buffer, then normalised from there into ``out`` (an
     in-place LayerNorm does not vectorise: 0.85 ns/element against 0.23).
     """
+    _wide_vectors()
     height, width, nc = x.shape[1], x.shape[2], x.shape[3]
     seven = wt.shape[0] == 7
     norm = ln_w.shape[0] > 0
@@ -1202,6 +1239,7 @@ def _linear_wide(x2, w, b, parts, out):
 def _gather_patches(x, patch, p0, p1, pre_w, pre_b, eps, a, a0):
     """a[a0 + i] = the (kh, kw, c) patch of output pixel p0 + i (flat over N, H//patch, W//patch),
     the rows of ops.patchify; with ``pre_w`` not empty, each input pixel is LayerNorm'd first."""
+    _wide_vectors()
     ci = x.shape[3]
     ho, wo = x.shape[1] // patch, x.shape[2] // patch
     norm = pre_w.shape[0] > 0
@@ -1274,6 +1312,7 @@ def _depthwise_conv(x, wt, bias, ntasks, out):
 def _layer_norm(x2, w, b, eps, ntasks, out):
     m = x2.shape[0]
     for t in prange(ntasks):
+        _wide_vectors()
         _layer_norm_rows(x2, t * m // ntasks, (t + 1) * m // ntasks, w, b, eps, out)
 
 
@@ -1281,6 +1320,7 @@ def _layer_norm(x2, w, b, eps, ntasks, out):
 def _gelu(x1, out1):
     size = x1.shape[0]
     for t in prange(-(-size // CHUNK)):
+        _wide_vectors()
         src, dst = x1[t * CHUNK:(t + 1) * CHUNK], out1[t * CHUNK:(t + 1) * CHUNK]
         for i in range(src.shape[0]):
             dst[i] = _gelu1(src[i])

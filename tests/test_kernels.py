@@ -373,6 +373,27 @@ def test_every_candidate_plan_fits_its_register_file():
         assert plan.mr * plan.nr // plan.lanes + plan.nr // plan.lanes + 1 <= registers, plan
 
 
+@pytest.mark.skipif(not JIT, reason="a compile-time attribute")
+def test_wide_vectors_makes_llvm_vectorise_with_the_full_width():
+    """A loop in a function that calls _wide_vectors() is vectorised with 512-bit (zmm) vectors on
+    an AVX-512 CPU, whatever LLVM's tuning for the CPU prefers; elsewhere the call adds nothing."""
+
+    @numba.njit(fastmath={"contract"}, error_model="numpy")
+    def axpy(a, x, y):
+        kernels._wide_vectors()
+        for i in range(x.shape[0]):
+            y[i] += a * x[i]
+
+    x = np.arange(100, dtype=np.float32)
+    y = np.ones(100, np.float32)
+    axpy(np.float32(2), x, y)
+    assert_allclose(y, 1 + 2 * x)
+    sig = axpy.signatures[0]
+    assert ('"prefer-vector-width"="512"' in axpy.inspect_llvm(sig)) == (kernels.LANES == 16)
+    if kernels.LANES == 16:
+        assert "zmm" in axpy.inspect_asm(sig)
+
+
 @pytest.mark.skipif(not JIT, reason="the unrolled kernel exists only compiled")
 @pytest.mark.parametrize("shape", [(16, 14), (8, 6), (4, 6)], ids=["avx512", "avx2", "sse"])
 def test_depthwise_tile_kernel_writes_exactly_its_tile(shape):
