@@ -59,19 +59,15 @@ from numba import njit, prange, types
 from numba.core.caching import FunctionCache
 from numba.extending import intrinsic, overload
 
-from . import ops as _numpy_ops
+from . import ops as _numpy_ops, threads
 
 
 # ==================================================================================================
 # 1. Settings: threads, compile flags, work decomposition, the vector width
 # ==================================================================================================
 
-if "OMP_NUM_THREADS" in os.environ and "NUMBA_NUM_THREADS" not in os.environ:
-    try:
-        numba.set_num_threads(max(1, min(int(os.environ["OMP_NUM_THREADS"]),
-                                         numba.config.NUMBA_NUM_THREADS)))
-    except ValueError:
-        pass
+if threads.numba_default() is not None:  # OMP_NUM_THREADS alone, for direct calls of these functions
+    numba.set_num_threads(min(threads.numba_default(), numba.config.NUMBA_NUM_THREADS))
 
 _F32 = np.float32
 _NONE = np.empty(0, np.float32)  # "no such input" for a kernel
