@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from safetensors.numpy import save_file
 
-from . import backbone, backends, family, threads, warmup, weights
+from . import backbone, backends, family, threads, weights
 from .config import MODEL_TYPES, STRUCTURE_DEFAULTS, V2_VARIANTS, VARIANTS, ConvNextConfig, read_json_object
 from .errors import WeightsError
 from .files import WEIGHT_FILES, atomic_write, find_weights, read_state_dict
@@ -89,6 +89,10 @@ class ConvNeXt:
 
     def __call__(self, pixel_values, output_hidden_states: bool = False) -> ConvNextOutput:
         x = check_pixel_values(pixel_values, self.config.num_channels)
+        # Imported here, not at the top: `python -m convnext_np.warmup` imports the package first,
+        # and runpy warns when the module it is about to run as __main__ is already imported.
+        from . import warmup
+
         backend = warmup.serving(self.backend, self._backend_by_name)  # NumPy while Numba compiles
         with threads.limit(backend, self.num_threads):
             return run(self.params, self.config, x, ops=backends.get(backend),

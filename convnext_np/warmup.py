@@ -52,7 +52,7 @@ LOCK = "convnext_np-warmup.lock"
 # the cold compiles measured so far (docs/performance.md).
 FIRST_ESTIMATE = "20-80 s"
 
-_ready = False  # the marker matched, or this process is the one compiling
+_ready = False  # the marker matched
 _announced = set()
 
 
@@ -85,7 +85,7 @@ def _read_marker(directory: Path) -> dict:
 
 def ready() -> bool:
     """True when the kernels run without compiling: in Numba's cache for this machine (or nothing
-    compiles, the JIT being off), or being compiled by this very process."""
+    compiles, the JIT being off)."""
     global _ready
     if not _ready:
         directory = _cache_dir()
@@ -369,7 +369,6 @@ def run(wait: bool = False, tune_plan: bool = False) -> float | None:
     (:func:`tune`), then compile the kernels for it (in a fresh process when it is not the plan
     this process imported kernels.py with).
     """
-    global _ready
     directory = _cache_dir()
     if directory is None:
         return None
@@ -387,12 +386,7 @@ def run(wait: bool = False, tune_plan: bool = False) -> float | None:
                 log.warning("choosing the GEMM plan failed (%s); compiling the Numba kernels for %s",
                             error, plan)
         if plan == kernels.PLAN:
-            _ready = True  # the model calls below run on Numba, compiling
-            try:
-                compile_all()
-            except BaseException:
-                _ready = False
-                raise
+            compile_all()
         else:
             subprocess.run([sys.executable, "-m", "convnext_np.warmup", "--compile-only"], check=True,
                            env={**os.environ, "PYTHONPATH": os.pathsep.join(
@@ -406,13 +400,11 @@ def run(wait: bool = False, tune_plan: bool = False) -> float | None:
 
 
 def main(argv=None) -> None:
-    global _ready
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--gemm-worker"]:
         _gemm_worker(argv[1])
         return
     if argv[:1] == ["--compile-only"]:  # run() holds the lock
-        _ready = True
         compile_all()
         return
     took = run(tune_plan=True)
@@ -421,8 +413,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    # Run as the package's module, not as a second copy of it named __main__: the model calls in
-    # compile_all consult convnext_np.warmup's state.
-    from convnext_np import warmup
-
-    warmup.main()
+    main()

@@ -35,6 +35,8 @@ LAYER = {module: rank for rank, modules in enumerate(LAYERS.values()) for module
 # importing module never need it.
 LAZY = {
     ("warmup", "kernels"): "Numba itself, imported only where the kernels are compiled",
+    ("loading", "warmup"): "python -m convnext_np.warmup imports the package before running the "
+                           "module as __main__; imported by the package, it would be there twice",
     ("loading", "hub"): "HTTP machinery (urllib.request, http.client, ssl): only for a name, "
                         "never for a local path",
 }

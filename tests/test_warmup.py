@@ -200,3 +200,10 @@ def test_prepare_initialises_numba_in_the_background_only_when_it_may_serve():
         print("numba.np.arraymath" in sys.modules)  # imported when the compiler's registries load
     """)
     assert out.strip() == "True"
+
+
+def test_the_package_does_not_import_warmup():
+    """``python -m convnext_np.warmup`` imports the package first; were warmup imported with it,
+    runpy would warn and run a second copy of the module as __main__."""
+    out, _ = run_python("import sys, convnext_np; print('convnext_np.warmup' in sys.modules)")
+    assert out.strip() == "False"
