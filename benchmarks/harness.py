@@ -423,6 +423,16 @@ def machine() -> dict:
         facts["LLVM target"] = f"{ll.get_host_cpu_name()} (LLVM {'.'.join(map(str, ll.llvm_version_info))})"
     except Exception:  # noqa: BLE001
         pass
+    try:
+        from convnext_np import kernels
+
+        how = ("chosen on this machine by python -m convnext_np.warmup"
+               if kernels.recorded_plan() == kernels.PLAN else "the default: none chosen here yet")
+        p = kernels.PLAN
+        facts["numba GEMM plan"] = (f"{p.mr} x {p.nr} micro-kernel, {p.lanes} lanes, MC {p.mc}, "
+                                    f"KC {p.kc} ({how})")
+    except Exception:  # noqa: BLE001 (no Numba)
+        pass
     return facts
 
 
