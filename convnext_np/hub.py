@@ -5,8 +5,9 @@
 :mod:`convnext_np.checkpoints` (``convnext-tiny-224``) into a directory that
 :func:`convnext_np.loading.load_local` reads. Standard library only (``urllib``, ``hashlib``).
 
-Why not ``huggingface_hub``: it would become a required dependency (with its own requirements)
-of a package whose promise is NumPy and Pillow, and this client needs only a few of its features:
+Why not ``huggingface_hub``: it would become a required dependency, with its own requirements
+(an HTTP stack among them), of a package that otherwise needs none, and this client needs only a
+few of its features:
 its cache layout, its token, resuming and retrying. Those are implemented here and tested over
 real HTTP against a server on 127.0.0.1 (``tests/test_hub.py``) that drops connections, answers
 503, demands a token and serves byte ranges; the two share the cache, so a user who has

@@ -66,8 +66,9 @@ from . import ops as _numpy_ops, threads
 # 1. Settings: threads, compile flags, work decomposition, the vector width
 # ==================================================================================================
 
-if threads.numba_default() is not None:  # OMP_NUM_THREADS alone, for direct calls of these functions
-    numba.set_num_threads(min(threads.numba_default(), numba.config.NUMBA_NUM_THREADS))
+_OMP_THREADS = threads.numba_default()  # OMP_NUM_THREADS alone, for direct calls of these functions
+if _OMP_THREADS is not None:
+    numba.set_num_threads(min(_OMP_THREADS, numba.config.NUMBA_NUM_THREADS))
 
 _F32 = np.float32
 _NONE = np.empty(0, np.float32)  # "no such input" for a kernel

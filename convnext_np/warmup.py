@@ -21,10 +21,12 @@ and parallel workers compile once, and no two processes rewrite Numba's cache in
 counts as warm when the marker that a finished compile writes there matches this ``kernels.py``,
 Numba, Python, CPU and GEMM plan.
 
-The warm-up process (not a model's first call) also chooses the machine's GEMM plan, once:
+An explicit ``python -m convnext_np.warmup`` also chooses the machine's GEMM plan, once:
 :func:`tune` times the candidate blockings of :func:`convnext_np.kernels.candidate_plans` on
 ConvNeXt-T's GEMMs and records the fastest beside Numba's cache (``kernels.PLAN_FILE``), which
-``kernels.py`` reads when it is imported (docs/kernels.md, "Plans").
+``kernels.py`` reads when it is imported (docs/kernels.md, "Plans"). The background warm-up of a
+model's first call does not: it compiles the plan that the calling process runs, so that the
+process's next calls can use what it compiled.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from pathlib import Path
 import numpy as np
 
 from . import backbone, model, weights
+from .files import atomic_write
 from .config import ConvNextConfig
 from .testing import random_pixels, realistic_state_dict
 
@@ -109,16 +112,30 @@ def _announce(kind: str, message: str) -> bool:
     return True
 
 
+def _child_env(**extra) -> dict:
+    """This process's environment for a ``python -m convnext_np.warmup`` child, which must import
+    this very copy of the package."""
+    package_parent = str(Path(__file__).resolve().parent.parent)
+    env = {**os.environ, **extra}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_parent, env.get("PYTHONPATH")) if p)
+    return env
+
+
 def start_background() -> None:
-    """Start the detached warm-up process (once per process) and say that NumPy serves meanwhile."""
+    """Start the detached warm-up process (once per process) and say that NumPy serves meanwhile.
+
+    It compiles the GEMM plan this process runs (``--no-tune``), so that the marker it writes is
+    this process's and its next calls run on Numba; choosing a plan is left to an explicit
+    ``python -m convnext_np.warmup``, whose plan the processes started after it take up."""
     if not _announce("background", f"compiling the Numba kernels in the background ({estimate()}, "
                                    "once per machine); the NumPy backend serves until they are ready"):
         return
-    package_parent = str(Path(__file__).resolve().parent.parent)
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_parent, env.get("PYTHONPATH")) if p)
-    subprocess.Popen([sys.executable, "-m", "convnext_np.warmup"], env=env, stdin=subprocess.DEVNULL,
-                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    from . import kernels
+
+    env = _child_env(**{kernels.PLAN_ENV: ",".join(map(str, kernels.PLAN))})
+    subprocess.Popen([sys.executable, "-m", "convnext_np.warmup", "--no-tune"], env=env,
+                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                     start_new_session=True)
 
 
 def compile_here() -> None:
@@ -297,14 +314,10 @@ def time_gemms(contenders, rounds: int = TUNE_ROUNDS, reps: int = 2, pause_s: fl
     every contender sees the same machine."""
     from . import kernels
 
-    package_parent = str(Path(__file__).resolve().parent.parent)
     workers = {}
     try:
         for contender in contenders:
-            env = dict(os.environ)
-            env["PYTHONPATH"] = os.pathsep.join(p for p in (package_parent, env.get("PYTHONPATH")) if p)
-            if contender != "numpy":
-                env[kernels.PLAN_ENV] = contender
+            env = _child_env(**({} if contender == "numpy" else {kernels.PLAN_ENV: contender}))
             proc = subprocess.Popen([sys.executable, "-m", "convnext_np.warmup", "--gemm-worker", contender],
                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
             if not proc.stdout.readline():
@@ -347,12 +360,14 @@ def tune() -> tuple:
     times = time_gemms(names)
     scores = {name: plan_score(times[name]) for name in names}
     best = plans[names.index(min(names, key=scores.get))]
-    directory = _cache_dir()
-    tmp = directory / f".{kernels.PLAN_FILE}.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps({"key": kernels.machine_key(), "plan": list(best),
-                               "ms_per_image": {n: 1e3 * v for n, v in scores.items()}}), encoding="utf-8")
-    os.replace(tmp, directory / kernels.PLAN_FILE)
+    record = {"key": kernels.machine_key(), "plan": list(best),
+              "ms_per_image": {n: 1e3 * v for n, v in scores.items()}}
+    _write_json(_cache_dir() / kernels.PLAN_FILE, record)
     return best, scores
+
+
+def _write_json(path: Path, data: dict) -> None:
+    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(data), encoding="utf-8"))
 
 
 def _needs_tuning() -> bool:
@@ -375,11 +390,12 @@ def run(wait: bool = False, tune_plan: bool = False) -> float | None:
     from . import kernels
 
     with _exclusive(directory, wait) as mine:
-        if not mine or (ready() and not (tune_plan and _needs_tuning())):
+        tuning = mine and tune_plan and _needs_tuning()
+        if not mine or (ready() and not tuning):
             return None
         started = time.perf_counter()
         plan = kernels.PLAN
-        if tune_plan and _needs_tuning():
+        if tuning:
             try:
                 plan = tune()[0]
             except Exception as error:  # noqa: BLE001 (a worker died, say): compile the plan in use
@@ -389,13 +405,9 @@ def run(wait: bool = False, tune_plan: bool = False) -> float | None:
             compile_all()
         else:
             subprocess.run([sys.executable, "-m", "convnext_np.warmup", "--compile-only"], check=True,
-                           env={**os.environ, "PYTHONPATH": os.pathsep.join(
-                               p for p in (str(Path(__file__).resolve().parent.parent),
-                                           os.environ.get("PYTHONPATH")) if p)})
+                           env=_child_env())
         seconds = time.perf_counter() - started
-        tmp = directory / f".{MARKER}.{os.getpid()}.tmp"
-        tmp.write_text(json.dumps({"key": _key(plan), "seconds": seconds}), encoding="utf-8")
-        os.replace(tmp, directory / MARKER)
+        _write_json(directory / MARKER, {"key": _key(plan), "seconds": seconds})
         return seconds
 
 
@@ -407,9 +419,10 @@ def main(argv=None) -> None:
     if argv[:1] == ["--compile-only"]:  # run() holds the lock
         compile_all()
         return
-    took = run(tune_plan=True)
+    tune_plan = argv[:1] != ["--no-tune"]  # the background warm-up of a model's first call
+    took = run(tune_plan=tune_plan)
     print("the Numba kernels were compiled already, or another process is compiling them" if took is None
-          else f"chose the GEMM plan and compiled the Numba kernels in {took:.1f} s")
+          else f"{'chose the GEMM plan and ' if tune_plan else ''}compiled the Numba kernels in {took:.1f} s")
 
 
 if __name__ == "__main__":
