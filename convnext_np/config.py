@@ -118,7 +118,7 @@ class ConvNextConfig:
     head_norm_first: bool = False  # timm ``_hnf``: norm over the map, then pool, then fc
     head_hidden_size: int | None = None  # timm ``convnext_large_mlp``: pool, norm, fc, GELU, fc
     final_norm: bool = True  # False for transformers' ConvNextBackbone (no pooled output)
-    kernel_sizes: list = field(default_factory=lambda: [7, 7, 7, 7])  # timm: depthwise kernel per stage
+    kernel_sizes: list = field(default_factory=lambda: list(STRUCTURE_DEFAULTS["kernel_sizes"]))  # timm: per stage
     id2label: dict = field(default_factory=dict)
     extra: dict = field(default_factory=dict)
 

@@ -325,8 +325,10 @@ def infer_structure(hf: dict, scheme: str) -> dict:
     if not any(k.startswith(("convnext.layernorm.", "norm_pre.", "classifier.", "head.")) for k in hf):
         s["final_norm"] = False  # a Backbone: neither a final norm nor a head (any part of one)
     dwconvs = [hf[f"convnext.encoder.stages.{i}.layers.0.dwconv.weight"] for i in range(4)]
-    kernel_sizes = [int(w.shape[-1]) if np.ndim(w) == 4 else 7 for w in dwconvs]  # else: check_tensors says
-    if kernel_sizes != [7, 7, 7, 7]:  # timm's kernel_sizes (test_convnext3: 7, 5, 5, 3)
+    paper = STRUCTURE_DEFAULTS["kernel_sizes"]
+    # A dwconv weight of another rank is check_tensors' to report; until then, the paper's size.
+    kernel_sizes = [int(w.shape[-1]) if np.ndim(w) == 4 else k for w, k in zip(dwconvs, paper)]
+    if kernel_sizes != paper:  # timm's kernel_sizes (test_convnext3: 7, 5, 5, 3)
         s["kernel_sizes"] = kernel_sizes
     return s
 

@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 
 import convnext_np as cnp
-from conftest import FIXTURES
+from conftest import FIXTURES, IMAGE_DIR
 from convnext_np.cli import main
 from convnext_np.safetensors_file import SafetensorsFile
 
-IMAGES = Path(__file__).parent / "data" / "images"
+IMAGES = IMAGE_DIR
 MODEL = str(FIXTURES / "hf-safetensors")
 
 

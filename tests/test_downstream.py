@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 import convnext_np as cnp
-from conftest import FIXTURES
+from conftest import ALL_IMAGES, FIXTURES, IMAGE_DIR
 from convnext_np.cli import main
 from convnext_np.evaluate import label_indices, read_dataset
 from convnext_np.head import (FeatureCache, fit_softmax_regression, model_fingerprint,
@@ -23,7 +23,10 @@ from convnext_np.labels import imagenet_labels, imagenet_synsets
 from convnext_np.preprocess import profile_processor, tf_resize_bicubic
 
 MODEL = FIXTURES / "hf-safetensors"  # depths (2, 1, 3, 1), widths up to 44, 10 classes
-PHOTOS = sorted((Path(__file__).parent / "data" / "images").iterdir())
+PHOTOS = ALL_IMAGES
+THREE = [IMAGE_DIR / n for n in ("camera.png", "chelsea.png", "coffee.png")]
+CHELSEA = IMAGE_DIR / "chelsea.png"
+CAMERA = IMAGE_DIR / "camera.png"
 
 
 @pytest.fixture(scope="module")
@@ -45,9 +48,9 @@ def labelled(model, tmp_path_factory):
     photo 1 under its 3rd-ranked label, photo 2 under a label outside its top 5, and a file
     that is not an image."""
     root = tmp_path_factory.mktemp("labelled")
-    preds = cnp.classify([str(p) for p in PHOTOS[:3]], model=model, top_k=10)
+    preds = cnp.classify([str(p) for p in THREE], model=model, top_k=10)
     folders = [preds[0][0].label, preds[1][2].label, preds[2][7].label]
-    for photo, folder in zip(PHOTOS[:3], folders):
+    for photo, folder in zip(THREE, folders):
         (root / folder).mkdir(exist_ok=True)
         shutil.copy(photo, root / folder / photo.name)
     (root / folders[0] / "broken.jpg").write_bytes(b"not a JPEG")
@@ -112,16 +115,16 @@ def test_profiles_resize_as_their_reference_says(model):
     assert profile_processor("model", base) is base
     assert profile_processor("timm", base) == profile_processor("center", base)
     mean, std = np.float32(base.image_mean), np.float32(base.image_std)
-    with Image.open(PHOTOS[1]) as image:
+    with Image.open(CHELSEA) as image:
         rgb = image.convert("RGB")
     # timm's squash at crop_pct 0.875: both sides to 256 (PIL bicubic), then the centre 224.
     squashed = np.asarray(rgb.resize((256, 256), Image.Resampling.BICUBIC))[16:240, 16:240]
-    np.testing.assert_allclose(profile_processor("squash", base).preprocess(PHOTOS[1]),
+    np.testing.assert_allclose(profile_processor("squash", base).preprocess(CHELSEA),
                                ((squashed / np.float32(255) - mean) / std).transpose(2, 0, 1), atol=1e-6)
     # The Keras port's: TensorFlow's bicubic to 256, unrounded, then tf.image.central_crop(0.875).
     tfhub = profile_processor("tfhub", base)
     resized = tf_resize_bicubic(np.asarray(rgb), 256, 256)[16:240, 16:240]
-    np.testing.assert_allclose(tfhub.preprocess(PHOTOS[1]),
+    np.testing.assert_allclose(tfhub.preprocess(CHELSEA),
                                ((resized / np.float32(255) - mean) / std).transpose(2, 0, 1), atol=1e-6)
     with pytest.raises(ValueError, match="no transformers equivalent"):
         tfhub.to_hf_dict()
@@ -173,7 +176,7 @@ def test_evaluate_command(labelled):
 
 def test_evaluate_command_refuses_labels_the_model_lacks(tmp_path, capsys):
     (tmp_path / "not-a-class").mkdir()
-    shutil.copy(PHOTOS[0], tmp_path / "not-a-class")
+    shutil.copy(CAMERA, tmp_path / "not-a-class")
     code, out = run(["evaluate", str(tmp_path), "--model", str(MODEL), "--backend", "numpy"])
     assert code == 2 and out == ""
     assert "'not-a-class'" in capsys.readouterr().err

@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 import convnext_np as cnp
-from conftest import ROOT
+from conftest import IMAGE_DIR, ROOT
 from convnext_np import backends, golden, weights
 from convnext_np.cli import main
 from convnext_np.summary import stage_rows
@@ -194,7 +194,7 @@ def test_porting_doc_snippet_runs(tmp_path):
     text = (DOCS / "porting.md").read_text(encoding="utf-8")
     code = re.search(r"## 3\. In Python.*?```python\n(.*?)```", text, re.S).group(1)
     model = cnp.from_pretrained(ROOT / "weights" / "fixtures" / "hf-safetensors")
-    images = [ROOT / "tests" / "data" / "images" / n for n in ("coffee.png", "logo.png")]
+    images = [IMAGE_DIR / n for n in ("coffee.png", "logo.png")]
     golden.write_bundle([str(p) for p in images], model, tmp_path)
 
     def my_port(pixel_values):

@@ -15,7 +15,7 @@ from numpy.testing import assert_allclose
 from safetensors.numpy import save_file
 
 import convnext_np as cnp
-from conftest import MAX_DIFFS, ROOT
+from conftest import IMAGE_DIR, MAX_DIFFS, ROOT
 from convnext_np import backbone, family, weights
 from convnext_np.config import MODEL_TYPES, STRUCTURE_DEFAULTS, VARIANTS
 from convnext_np.safetensors_file import SafetensorsFile
@@ -348,7 +348,7 @@ def test_golden_bundles_for_the_family(case, tmp_path):
     """A golden bundle of each member checks out against a re-run, in float32 and float64."""
     from convnext_np import golden
 
-    photo = str(ROOT / "tests" / "data" / "images" / "chelsea.png")
+    photo = str(IMAGE_DIR / "chelsea.png")
     model = cnp.from_pretrained(FAMILY / case, backend="numpy")
     for float64 in (False, True):
         out_dir = tmp_path / str(float64)
@@ -372,5 +372,5 @@ def test_a_new_head_on_family_members():
     mlp = cnp.from_pretrained(FAMILY / "timm-mlp-head")
     assert with_head(mlp, np.ones((2, 24), np.float32), np.zeros(2, np.float32), ["a", "b"])(x).logits.shape == (1, 2)
     with pytest.raises(ValueError, match=r"Backbone checkpoint \(no final LayerNorm\) has no pooled features"):
-        cnp.fit_head(cnp.from_pretrained(FAMILY / "hf-backbone"), [str(ROOT / "tests" / "data" / "images" / "chelsea.png")],
+        cnp.fit_head(cnp.from_pretrained(FAMILY / "hf-backbone"), [str(IMAGE_DIR / "chelsea.png")],
                      ["cat"])

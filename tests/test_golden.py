@@ -4,7 +4,6 @@ import hashlib
 import json
 import math
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,12 +11,12 @@ from numpy.testing import assert_allclose
 from safetensors.numpy import load_file, save_file
 
 import convnext_np as cnp
-from conftest import FIXTURES
+from conftest import FIXTURES, IMAGE_DIR
 from convnext_np import cli, golden, ops
 from convnext_np.safetensors_file import SafetensorsFile
 from convnext_np.testing import LOGITS_ATOL
 
-IMAGES = Path(__file__).parent / "data" / "images"
+IMAGES = IMAGE_DIR
 PHOTOS = [str(IMAGES / "chelsea.png"), str(IMAGES / "rocket.jpg")]
 MODEL = str(FIXTURES / "hf-safetensors")
 NAMES = ["pixel_values", *(f"hidden_states.{i}" for i in range(5)), "pooled", "logits"]

@@ -9,11 +9,11 @@ import pytest
 from PIL import Image
 
 import convnext_np as cnp
-from conftest import FIXTURES
+from conftest import FIXTURES, IMAGE_DIR
 from convnext_np.classify import iter_classify
 from convnext_np.testing import random_pixels
 
-PHOTO = Path(__file__).parent / "data" / "images" / "chelsea.png"
+PHOTO = IMAGE_DIR / "chelsea.png"
 
 
 @pytest.fixture(scope="module")
