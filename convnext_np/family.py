@@ -57,7 +57,7 @@ def timm_structure(architecture: str) -> tuple[str, dict] | None:
     if architecture not in TIMM_ARCHITECTURES:
         return None
     variant, fields = TIMM_ARCHITECTURES[architecture]
-    return variant, {**PAPER, "final_norm": True, **fields}
+    return variant, {**PAPER, **fields}
 
 
 def timm_variant(architecture: str) -> Variant:

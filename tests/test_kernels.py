@@ -348,13 +348,9 @@ def test_every_plan_equals_the_numpy_twin(plan):
     NR than its panels."""
     if plan.lanes > kernels.LANES:
         pytest.skip(f"this CPU has {kernels.LANES}-float vectors")
-    env = {k: v for k, v in os.environ.items() if k != "CONVNEXT_NP_BACKEND"}
-    env[kernels.PLAN_ENV] = ",".join(map(str, plan))
-    env["PYTHONPATH"] = os.pathsep.join([str(Path(kernels.__file__).parent.parent), env.get("PYTHONPATH", "")])
-    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(PLAN_CHECK.format(plan=tuple(plan)))],
-                          capture_output=True, text=True, env=env, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert float(proc.stdout.split()[-1]) < RTOL
+    out = run_python(PLAN_CHECK.format(plan=tuple(plan)), env={kernels.PLAN_ENV: ",".join(map(str, plan))},
+                     path=Path(kernels.__file__).parent.parent, timeout=600)
+    assert float(out.split()[-1]) < RTOL
 
 
 @pytest.mark.parametrize("text", ["", "16,14,32,224", "16,14,30,224,256", "3,6,8,96,256", "16,0,32,1,1",
@@ -497,13 +493,13 @@ def test_full_size_tiny_numba_equals_numpy(tmp_path, batch):
 
 # --- imports and the backend registry ------------------------------------------------------------------
 
-def run_python(code, env=None, path=None):
+def run_python(code, env=None, path=None, timeout=300):
     full_env = {k: v for k, v in os.environ.items() if k not in ("CONVNEXT_NP_BACKEND",)}
     full_env.update(env or {})
     if path:
         full_env["PYTHONPATH"] = os.pathsep.join([str(path), full_env.get("PYTHONPATH", "")])
     proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
-                          text=True, env=full_env, timeout=300)
+                          text=True, env=full_env, timeout=timeout)
     assert proc.returncode == 0, proc.stderr
     return proc.stdout
 
