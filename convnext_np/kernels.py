@@ -567,9 +567,9 @@ class _VectorIR:
         """The float at ``p`` in every lane."""
         return self.splat(self.builder.load(p), self.vec)
 
-    def prefetch(self, p):
+    def prefetch(self, p, write=False):
         i32 = ir.IntType(32)
-        self.builder.call(self._prefetch, [self.builder.bitcast(p, self.i8ptr), ir.Constant(i32, 0),
+        self.builder.call(self._prefetch, [self.builder.bitcast(p, self.i8ptr), ir.Constant(i32, int(write)),
                                            ir.Constant(i32, 3), ir.Constant(i32, 1)])
 
 
@@ -596,6 +596,8 @@ def _make_microkernel(lanes, mr, nr):
                 a_rows.append(v.at(a_base, builder.mul(builder.select(stored, const(i), builder.sub(mv, const(1))),
                                                             lda)))
                 c_row = v.at(c_base, builder.mul(const(i), ldc))
+                for off in range(0, nr, 16):  # the block's lines of c, on their way while the loop runs
+                    v.prefetch(v.at(c_row, const(off)), write=True)
                 for j in range(nvec):
                     p, m = v.at(c_row, const(j * lanes)), v.mask_if(col_mask[j], stored)
                     c_ptrs.append(p)
@@ -701,10 +703,12 @@ def _gemm(a, b, c, r0, r1, j0, j1, epilogue, bias, gamma, x2, out2, x_row0, ssq,
     k = a.shape[1]
     steps = max(1, -(-k // KC))
     kc_step = max(1, -(-k // steps))  # equal k blocks: 384 -> 2 x 192, not 256 + 128
+    blocks = max(1, (r1 - r0) // MC)  # equal row blocks of MC to 2 MC rows: 392 -> 3 x 136, not 3 x 128 + 8
+    mc = -(-(r1 - r0) // (blocks * MR)) * MR
     if scale is not None:
-        ap = np.empty((MC, k), np.float32)  # the scaled row block (columns p0:p0+kc)
-    for ic in range(r0, r1, MC):
-        ic1 = min(r1, ic + MC)
+        ap = np.empty((mc, k), np.float32)  # the scaled row block (columns p0:p0+kc)
+    for ic in range(r0, r1, mc):
+        ic1 = min(r1, ic + mc)
         for p0 in range(0, max(k, 1), kc_step):
             kc = max(0, min(kc_step, k - p0))
             last = p0 + kc >= k
