@@ -31,7 +31,7 @@ Contents, in order:
    ``conv2d``, ``depthwise_conv``, ``layer_norm``, ``gelu``, ``global_avg_pool``, ``grn``,
    ``block``).
 3. Public: GEMM plans, packing, start-up (``Plan``, ``candidate_plans``, ``parse_plan``,
-   ``recorded_plan``, ``machine_key``, ``cache_dir``, ``initialise``, ``pack``).
+   ``recorded_plan``, ``machine_key``, ``cache_dir``, ``initialise``, ``pack``, ``pack_weights``).
 4. Private: what the public functions share (argument checks, scratch, row tiles, weight
    panels kept per weight, the patch layers and ``linear``'s body).
 5. Private: the GEMM (the LLVM IR helpers, the register-blocked micro-kernel, ``_gemm``).
@@ -353,6 +353,20 @@ def pack(w):
     return panels
 
 
+def pack_weights(params):
+    """Pack every GEMM weight of a loaded model's parameter tree now (its read-only 2-D float32
+    arrays: the stem, downsampling, pointwise and head weights), as their first use would
+    (:func:`pack`, kept by :func:`_panels`). A model does this on its first call on this
+    backend, before the forward pass, so that the copying (most of it page faults on fresh
+    memory) overlaps Numba's set-up in a background thread (``backends.prepare``) instead of
+    following it."""
+    if isinstance(params, (dict, list)):
+        for value in params.values() if isinstance(params, dict) else params:
+            pack_weights(value)
+    elif isinstance(params, np.ndarray) and params.ndim == 2 and params.dtype == np.float32:
+        _panels(params)
+
+
 # ==================================================================================================
 # 4. Private: what the public functions share
 # ==================================================================================================
@@ -567,9 +581,9 @@ class _VectorIR:
         """The float at ``p`` in every lane."""
         return self.splat(self.builder.load(p), self.vec)
 
-    def prefetch(self, p, write=False):
+    def prefetch(self, p):
         i32 = ir.IntType(32)
-        self.builder.call(self._prefetch, [self.builder.bitcast(p, self.i8ptr), ir.Constant(i32, int(write)),
+        self.builder.call(self._prefetch, [self.builder.bitcast(p, self.i8ptr), ir.Constant(i32, 0),
                                            ir.Constant(i32, 3), ir.Constant(i32, 1)])
 
 
@@ -596,8 +610,6 @@ def _make_microkernel(lanes, mr, nr):
                 a_rows.append(v.at(a_base, builder.mul(builder.select(stored, const(i), builder.sub(mv, const(1))),
                                                             lda)))
                 c_row = v.at(c_base, builder.mul(const(i), ldc))
-                for off in range(0, nr, 16):  # the block's lines of c, on their way while the loop runs
-                    v.prefetch(v.at(c_row, const(off)), write=True)
                 for j in range(nvec):
                     p, m = v.at(c_row, const(j * lanes)), v.mask_if(col_mask[j], stored)
                     c_ptrs.append(p)
@@ -703,12 +715,10 @@ def _gemm(a, b, c, r0, r1, j0, j1, epilogue, bias, gamma, x2, out2, x_row0, ssq,
     k = a.shape[1]
     steps = max(1, -(-k // KC))
     kc_step = max(1, -(-k // steps))  # equal k blocks: 384 -> 2 x 192, not 256 + 128
-    blocks = max(1, (r1 - r0) // MC)  # equal row blocks of MC to 2 MC rows: 392 -> 3 x 136, not 3 x 128 + 8
-    mc = -(-(r1 - r0) // (blocks * MR)) * MR
     if scale is not None:
-        ap = np.empty((mc, k), np.float32)  # the scaled row block (columns p0:p0+kc)
-    for ic in range(r0, r1, mc):
-        ic1 = min(r1, ic + mc)
+        ap = np.empty((MC, k), np.float32)  # the scaled row block (columns p0:p0+kc)
+    for ic in range(r0, r1, MC):
+        ic1 = min(r1, ic + MC)
         for p0 in range(0, max(k, 1), kc_step):
             kc = max(0, min(kc_step, k - p0))
             last = p0 + kc >= k
@@ -770,7 +780,7 @@ def _gelu1(v):
     q = _HALF * t * (_AS_A1 + t * (_AS_A2 + t * (_AS_A3 + t * (_AS_A4 + t * _AS_A5)))) * (er * two_mk)
     if a > _TAIL_CUTOFF:
         q = _ZERO
-    return max(v, _ZERO) - a * q
+    return max(v, _ZERO) - min(a, _TAIL_CUTOFF) * q  # not a * q: inf * 0 would make gelu(inf) nan
 
 
 def _wide_vectors():

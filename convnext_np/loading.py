@@ -79,6 +79,7 @@ class ConvNeXt:
         self.num_threads = threads.check(num_threads)  # None: as the environment configures
         self.preprocessor = preprocessor
         self.source = source
+        self._packed = False  # the Numba backend's weight panels made (kernels.pack_weights)
 
     def __repr__(self):
         variant = self.config.variant() or f"depths={self.config.depths}"
@@ -94,8 +95,12 @@ class ConvNeXt:
         from . import warmup
 
         backend = warmup.serving(self.backend, self._backend_by_name)  # NumPy while Numba compiles
+        ops = backends.get(backend)
+        if backend == "numba" and not self._packed:
+            ops.pack_weights(self.params)  # while Numba's set-up may still run (backends.prepare)
+            self._packed = True
         with threads.limit(backend, self.num_threads):
-            return run(self.params, self.config, x, ops=backends.get(backend),
+            return run(self.params, self.config, x, ops=ops,
                        out_features=self.out_features, output_hidden_states=output_hidden_states)
 
     def save_pretrained(self, directory) -> None:

@@ -123,6 +123,9 @@ def test_gelu_at_its_branch_points_and_extremes():
     for got in (kernels.gelu(x), ops.gelu(x)):
         assert got.dtype == np.float32
         assert (np.abs(got - exact) <= 1e-6 * np.abs(exact) + 2e-7 * np.maximum(1.0, np.abs(x64))).all()
+    special = np.array([np.inf, -np.inf, np.nan], np.float32)
+    for got in (kernels.gelu(special), ops.gelu(special)):
+        assert got[0] == np.inf and got[1] == 0 and np.isnan(got[2])
 
 
 @examples(25)
@@ -553,3 +556,17 @@ def test_thread_count_follows_omp_num_threads():
         print(numba.get_num_threads())
     """, env={"OMP_NUM_THREADS": "1"})
     assert out.strip() == "1"
+
+
+def test_pack_weights_packs_what_the_forward_pass_uses():
+    """A model's first call on Numba packs its GEMM weights up front (kernels.pack_weights): the
+    forward pass then finds every panel it needs already made."""
+    model = cnp.from_pretrained(FIXTURES / LAYOUT_SOURCES["hf-safetensors"], backend="numba")
+    kernels._PACKED.clear()
+    kernels.pack_weights(model.params)
+    packed = dict(kernels._PACKED)
+    assert packed
+    model(random_pixels((1, 3, 64, 64)))
+    assert set(kernels._PACKED) == set(packed)
+    for key, (ref, panels) in packed.items():
+        assert np.array_equal(panels, kernels.pack(ref()))

@@ -111,6 +111,18 @@ def test_gelu_within_5e_7_of_the_exact_erf_form():
     assert np.abs(got - exact).max() < 5e-7
 
 
+@pytest.mark.parametrize("layout", ["F order", "transposed", "strided"])
+def test_gelu_of_an_array_in_any_memory_layout(layout):
+    x = rand(np.random.default_rng(2), 2, 9, 13)
+    x = {"F order": np.asfortranarray(x), "transposed": x.transpose(2, 0, 1), "strided": x[:, ::2]}[layout]
+    assert_allclose(ops.gelu(x), ops.gelu(np.ascontiguousarray(x)), rtol=0, atol=0)
+
+
+def test_gelu_of_infinities_and_nan():
+    got = ops.gelu(np.array([np.inf, -np.inf, np.nan, 1e30, -1e30], np.float32))
+    assert got[0] == np.inf and got[1] == 0 and np.isnan(got[2]) and got[3] == np.float32(1e30) and got[4] == 0
+
+
 def test_gelu_keeps_the_dtype_and_shape_across_chunks():
     """More elements than one chunk, in a shape that does not divide into chunks."""
     x = rand(np.random.default_rng(1), 3, ops.GELU_CHUNK // 7 + 5, 7)
