@@ -347,9 +347,13 @@ def pack(w):
     read-only weight (a loaded model's) for as long as that array lives (:func:`_panels`).
     """
     k, n = w.shape
+    full = n // NR  # panels without padding
     panels = np.zeros((-(-n // NR), k, NR), np.float32)
-    for jp in range(panels.shape[0]):
-        panels[jp, :, :min(NR, n - jp * NR)] = w[:, jp * NR:(jp + 1) * NR]
+    # One strided copy, not one per panel: beside Numba's set-up in another thread, each NumPy
+    # call waits for the interpreter lock (docs/kernels.md, "Packed weights").
+    panels[:full] = w[:, :full * NR].reshape(k, full, NR).transpose(1, 0, 2)
+    if full < panels.shape[0]:
+        panels[full, :, :n - full * NR] = w[:, full * NR:]
     return panels
 
 
@@ -515,8 +519,8 @@ def _panels(w):
 # values, so LLVM's register allocator keeps them in registers. The weight is read from packed
 # column panels (pack), one contiguous stream per run over k, which the kernel prefetches
 # PREFETCH_ROWS rows ahead; the MR rows of ``a`` are read in place at their own stride. Ragged
-# edges (rows past ``mv``, columns past ``nv``) are masked loads and stores, so any shape takes
-# the same kernel; rows past ``mv`` read row ``mv - 1`` again and are never stored.
+# edges take the same kernel: columns past ``nv`` are masked loads and stores, and a tile of
+# fewer than MR rows runs as smaller register blocks of exactly its rows.
 
 
 class _VectorIR:
@@ -590,8 +594,14 @@ class _VectorIR:
 def _make_microkernel(lanes, mr, nr):
     """An intrinsic ``mk(kc, a, lda, b, ldb, c, ldc, mv, nv, accumulate)`` on raw float32 addresses:
     ``c[:mv, :nv] = (c if accumulate else 0) + a[:mv, :kc] @ b[:kc, :nv]`` (leading dimensions in
-    elements), for the block of MR x NR at most."""
+    elements), for the block of MR x NR at most.
+
+    A full block (``mv == mr``) is one register-blocked run over k. A ragged one (the last row
+    tile of a layer whose rows are not a multiple of MR: 49 = 6 x 8 + 1 at stage 4 for one image)
+    runs as blocks of the powers of two in ``mv`` (7 = 4 + 2 + 1), each exactly its rows, not as
+    an MR block whose extra rows are computed and dropped (docs/kernels.md)."""
     nvec = nr // lanes
+    ragged = [1 << p for p in range(mr.bit_length()) if 1 << p < mr][::-1]  # 8 x 48: 4, 2, 1
 
     @intrinsic
     def mk(typingctx, kc, a, lda, b, ldb, c, ldc, mv, nv, accumulate):
@@ -603,51 +613,60 @@ def _make_microkernel(lanes, mr, nr):
             const = v.const
             col_mask = [v.lanes_below(nv, j * lanes) for j in range(nvec)]  # columns < nv
             acc_on = builder.icmp_signed("!=", accumulate, const(0))
+            init_mask = [v.mask_if(m, acc_on) for m in col_mask]
             a_base, b_base, c_base = (v.pointer(x) for x in (a, b, c))
-            a_rows, c_ptrs, c_masks, init = [], [], [], []
-            for i in range(mr):
-                stored = builder.icmp_signed("<", const(i), mv)  # rows past mv: read row mv - 1, store nothing
-                a_rows.append(v.at(a_base, builder.mul(builder.select(stored, const(i), builder.sub(mv, const(1))),
-                                                            lda)))
-                c_row = v.at(c_base, builder.mul(const(i), ldc))
-                for j in range(nvec):
-                    p, m = v.at(c_row, const(j * lanes)), v.mask_if(col_mask[j], stored)
-                    c_ptrs.append(p)
-                    c_masks.append(m)
-                    init.append(v.load(p, v.mask_if(m, acc_on)))
 
-            entry = builder.block
-            loop = builder.append_basic_block("mk.loop")
-            done = builder.append_basic_block("mk.done")
-            builder.cbranch(builder.icmp_signed(">", kc, const(0)), loop, done)
-            builder.position_at_end(loop)
-            k = builder.phi(kc.type)
-            acc = [builder.phi(v.vec) for _ in init]
-            b_row = v.at(b_base, builder.mul(k, ldb))
-            ahead = v.at(b_row, builder.mul(const(PREFETCH_ROWS), ldb))
-            for off in range(0, nr, 16):  # one request per 64-byte line
-                v.prefetch(v.at(ahead, const(off)))
-            w = [v.load(v.at(b_row, const(j * lanes)), col_mask[j]) for j in range(nvec)]
-            new = []
-            for i in range(mr):
-                x = v.broadcast(v.at(a_rows[i], k))
-                new += [v.fma(x, w[j], acc[i * nvec + j]) for j in range(nvec)]
-            k_next = builder.add(k, const(1))
-            body_end = builder.block
-            k.add_incoming(const(0), entry)
-            k.add_incoming(k_next, body_end)
-            for phi, first, later in zip(acc, init, new):
-                phi.add_incoming(first, entry)
-                phi.add_incoming(later, body_end)
-            builder.cbranch(builder.icmp_signed("<", k_next, kc), loop, done)
+            def rows(count, first):
+                """c[first:first+count] for ``count`` rows (a Python int) from row ``first`` (an intp value)."""
+                a_rows, c_ptrs, init = [], [], []
+                for i in range(count):
+                    row = builder.add(first, const(i))
+                    a_rows.append(v.at(a_base, builder.mul(row, lda)))
+                    c_row = v.at(c_base, builder.mul(row, ldc))
+                    for j in range(nvec):
+                        c_ptrs.append(v.at(c_row, const(j * lanes)))
+                        init.append(v.load(c_ptrs[-1], init_mask[j]))
 
-            builder.position_at_end(done)
-            results = [builder.phi(v.vec) for _ in init]
-            for result, first, later in zip(results, init, new):
-                result.add_incoming(first, entry)
-                result.add_incoming(later, body_end)
-            for result, p, m in zip(results, c_ptrs, c_masks):
-                v.store(result, p, m)
+                entry = builder.block
+                loop = builder.append_basic_block("mk.loop")
+                done = builder.append_basic_block("mk.done")
+                builder.cbranch(builder.icmp_signed(">", kc, const(0)), loop, done)
+                builder.position_at_end(loop)
+                k = builder.phi(kc.type)
+                acc = [builder.phi(v.vec) for _ in init]
+                b_row = v.at(b_base, builder.mul(k, ldb))
+                ahead = v.at(b_row, builder.mul(const(PREFETCH_ROWS), ldb))
+                for off in range(0, nr, 16):  # one request per 64-byte line
+                    v.prefetch(v.at(ahead, const(off)))
+                w = [v.load(v.at(b_row, const(j * lanes)), col_mask[j]) for j in range(nvec)]
+                new = []
+                for i in range(count):
+                    x = v.broadcast(v.at(a_rows[i], k))
+                    new += [v.fma(x, w[j], acc[i * nvec + j]) for j in range(nvec)]
+                k_next = builder.add(k, const(1))
+                body_end = builder.block
+                k.add_incoming(const(0), entry)
+                k.add_incoming(k_next, body_end)
+                for phi, first_value, later in zip(acc, init, new):
+                    phi.add_incoming(first_value, entry)
+                    phi.add_incoming(later, body_end)
+                builder.cbranch(builder.icmp_signed("<", k_next, kc), loop, done)
+
+                builder.position_at_end(done)
+                results = [builder.phi(v.vec) for _ in init]
+                for result, first_value, later in zip(results, init, new):
+                    result.add_incoming(first_value, entry)
+                    result.add_incoming(later, body_end)
+                for n, (result, p) in enumerate(zip(results, c_ptrs)):
+                    v.store(result, p, col_mask[n % nvec])
+
+            with builder.if_else(builder.icmp_signed("==", mv, const(mr))) as (full, part):
+                with full:
+                    rows(mr, const(0))
+                with part:
+                    for size in ragged:  # row mv & ~(2 size - 1) onwards, if mv has this bit
+                        with builder.if_then(builder.icmp_signed("!=", builder.and_(mv, const(size)), const(0))):
+                            rows(size, builder.and_(mv, const(~(2 * size - 1))))
             return context.get_dummy_value()
 
         return sig, codegen
