@@ -4,7 +4,8 @@
     python benchmarks/bench_startup.py --runs 10
 
 Each run is a fresh interpreter with a warm Numba cache (run ``python -m convnext_np.warmup``
-first, or let the first run compile): ``import convnext_np``; ``from_pretrained`` (the weights,
+first, or let the first run compile) and the package's bytecode written, as an installed package
+has it (``harness.byte_compile``): ``import convnext_np``; ``from_pretrained`` (the weights,
 and the Numba import that resolving the backend does); the first forward pass (Numba's compiler
 initialisation, the kernels' cache loads, packing the weights, the pass itself); a second pass
 for comparison. ``from_pretrained`` starts Numba's import and initialisation in a thread
@@ -54,6 +55,7 @@ def main(argv=None):
     d = harness.model_dir(args.variant, args.size)
     env = harness.thread_env(args.threads)
     print(f"{args.variant} @{args.size}, batch 1, {args.threads} threads, on {harness.machine()['cpu']}")
+    harness.byte_compile()
     child = [sys.executable, "-c", CHILD, str(d), str(args.size)]
     subprocess.run(child, env=env, check=True, capture_output=True,
                    cwd=harness.ROOT)  # compiles if the cache is cold; not counted
