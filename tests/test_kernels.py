@@ -297,18 +297,20 @@ def test_microkernel_writes_exactly_its_block(shape):
     mk = kernels._make_microkernel(lanes, mr, nr)
 
     @numba.njit
-    def run(kc, a, b, c, mv, nv, accumulate):
-        mk(kc, a.ctypes.data, a.shape[1], b.ctypes.data, b.shape[1], c.ctypes.data, c.shape[1], mv, nv,
-           accumulate)
+    def run(kc, a, b, c, mv, nv, accumulate):  # the block at row 1, column 1 of c
+        mk(kc, a.ctypes.data, a.shape[1], b.ctypes.data, b.shape[1], c.ctypes.data + 4 * (c.shape[1] + 1),
+           c.shape[1], mv, nv, accumulate)
 
     rng = np.random.default_rng(0)
     ragged_rows = [(9, mv, nr - 3, mv % 2) for mv in range(1, mr)]
-    for kc, mv, nv, accumulate in [(0, mr, nr, 0), (0, mr - 1, nr, 1), (1, 1, 1, 0), (7, mr, nr, 0),
-                                   (5, 2, min(lanes + 1, nr), 1), (300, mr, nr, 1), *ragged_rows]:
+    for kc, mv, nv, accumulate in [(0, mr, nr, 0), (0, mr - 1, nr - 3, 0), (0, mr - 1, nr, 1), (1, 1, 1, 0),
+                                   (7, mr, nr, 0), (5, 2, min(lanes + 1, nr), 1), (300, mr, nr, 1),
+                                   *ragged_rows]:
         a, b = rand(rng, mr, kc + 1), rand(rng, kc + 1, nr + 5)
-        c = rand(rng, mr + 2, nr + 5)
+        c = rand(rng, mr + 3, nr + 6)
         want = c.copy()
-        want[:mv, :nv] = (c[:mv, :nv] if accumulate else 0) + a[:mv, :kc] @ b[:kc, :nv]
+        block = want[1:1 + mv, 1:1 + nv]
+        want[1:1 + mv, 1:1 + nv] = (block if accumulate else 0) + a[:mv, :kc] @ b[:kc, :nv]
         run(kc, a, b, c, mv, nv, accumulate)
         assert_allclose(c, want, rtol=1e-5, atol=1e-5 * max(1.0, kc))
 
