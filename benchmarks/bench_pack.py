@@ -21,7 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import harness  # noqa: E402
 from convnext_np import ConvNextConfig, kernels  # noqa: E402
 
 
@@ -36,13 +38,8 @@ def per_panel(w):
 
 
 def tiny_weights():
-    config = ConvNextConfig.from_variant("tiny")
-    dims, rng = config.hidden_sizes, np.random.default_rng(0)
-    shapes = [(16 * config.num_channels, dims[0])]  # stem
-    shapes += [(4 * dims[s - 1], dims[s]) for s in range(1, len(dims))]  # downsampling
-    shapes += [shape for depth, c in zip(config.depths, dims) for _ in range(depth) for shape in ((c, 4 * c), (4 * c, c))]
-    shapes.append((dims[-1], config.num_labels))  # head
-    return [rng.standard_normal(shape, dtype=np.float32) for shape in shapes]
+    config, rng = ConvNextConfig.from_variant("tiny"), np.random.default_rng(0)
+    return [rng.standard_normal((k, n), dtype=np.float32) for _, k, n in harness.gemm_shapes(config, 224, 1)]
 
 
 def timed(pack, weights, busy: bool) -> float:
