@@ -598,9 +598,8 @@ def _make_microkernel(lanes, mr, nr):
 
     A full block (``mv == mr``) is one register-blocked run over k. A ragged one (the last row
     tile of a layer whose rows are not a multiple of MR: 49 = 6 x 8 + 1 at stage 4 for one image,
-    with MR = 8)
-    runs as blocks of the powers of two in ``mv`` (7 = 4 + 2 + 1), each exactly its rows, not as
-    an MR block whose extra rows are computed and dropped (docs/kernels.md)."""
+    with MR = 8) runs as blocks of the powers of two in ``mv`` (7 = 4 + 2 + 1), each exactly its
+    rows, not as an MR block whose extra rows are computed and dropped (docs/kernels.md)."""
     nvec = nr // lanes
     ragged = [1 << p for p in range(mr.bit_length()) if 1 << p < mr][::-1]  # 8 x 48: 4, 2, 1
 
