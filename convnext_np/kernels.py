@@ -766,40 +766,41 @@ def _gemm(a, b, c, r0, r1, j0, j1, epilogue, bias, gamma, x2, out2, x_row0, ssq,
 # 6. Private: scalar and row helpers (compiled into the kernels that call them)
 # ==================================================================================================
 
-# GELU(x) = x Phi(x) = max(x, 0) - |x| Q(|x|), Q(a) = P(Z > a) = erfc(a / sqrt 2) / 2, with erfc
-# by Abramowitz & Stegun 7.1.26, as in ops.gelu. exp(-z^2) is evaluated here as 2^-k e^r
-# (Cody-Waite reduction, the Cephes expf polynomial) so that the loop vectorises: math.exp is a
-# libm call per element (1.6 ns per element alone, against 0.31 for this whole GELU). Past
-# |x| = 5.5, |x| Q(|x|) < 1.1e-7 and is taken as 0, which keeps 2^k within an int32 shift.
-# Within 3.3e-7 of float64 x Phi(x) (scipy's float32 erf in the same formula: 4.5e-7).
-_SQRT1_2 = _F32(0.7071067811865476)
-_AS_P = _F32(0.3275911)
-_AS_A1, _AS_A2, _AS_A3, _AS_A4, _AS_A5 = (_F32(v) for v in (0.254829592, -0.284496736, 1.421413741,
-                                                            -1.453152027, 1.061405429))
+# GELU(x) = x Phi(x) = max(x, 0) - |x| Q(|x|), Q(a) = P(Z > a) = erfc(a / sqrt 2) / 2, as in
+# ops.gelu. ops.gelu takes erfc from Abramowitz & Stegun 7.1.26, an exponential and a division;
+# here Q is one rational function on [0, 5.5], R(a) = (p0 + ... + p5 a^5) / (1 + q1 a + ... + q9 a^9),
+# fitted by docs/fit_gelu.py to GELU's own error |x| |R - Q|: fifteen FMAs and one division per
+# vector and no exponential, so the fc1 epilogue costs 0.19 ns per element instead of 0.34
+# (docs/kernels.md, "GELU"). Past |x| = 5.5, |x| Q(|x|) < 1.1e-7 and is taken as 0. Within 3e-7
+# of float64 x Phi(x), as accurate as the A&S form was here (3.3e-7): what is left is float32's
+# rounding of the result.
+_GELU_P = tuple(_F32(v) for v in (0.5, -0.45462632179260254, 0.166471928358078, -0.030672339722514153,
+                                  0.002842338290065527, -0.00010593019396765158))
+_GELU_Q = tuple(_F32(v) for v in (1.0, -0.11135182529687881, 0.24381600320339203, 0.0019195853965356946,
+                                  0.01684867963194847, 0.009823545813560486, -0.004393659997731447,
+                                  0.003165194997563958, -0.0007873257854953408, 0.00013776311243418604))
 _TAIL_CUTOFF = _F32(5.5)
-_LOG2E = _F32(1.4426950408889634)
-_LN2_HI, _LN2_LO = _F32(0.693359375), _F32(-2.12194440e-4)
-_E0, _E1, _E2, _E3, _E4, _E5 = (_F32(v) for v in (1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3,
-                                                  4.1665795894e-2, 1.6666665459e-1, 5.0000001201e-1))
-_TWO_M24 = _F32(2.0 ** -24)
-_ZERO, _HALF, _ONE = _F32(0.0), _F32(0.5), _F32(1.0)
+_ZERO, _ONE = _F32(0.0), _F32(1.0)
 _GRN_EPS = _F32(1e-6)
+
+
+@njit(inline="always", fastmath=_CONTRACT, **_JIT)
+def _horner(t, coeffs):
+    """coeffs[0] + coeffs[1] t + ... by Horner's rule (the loop has a constant count: LLVM unrolls it)."""
+    acc = coeffs[-1]
+    for i in range(len(coeffs) - 2, -1, -1):
+        acc = acc * t + coeffs[i]
+    return acc
 
 
 @njit(inline="always", fastmath=_CONTRACT, **_JIT)
 def _gelu1(v):
     a = abs(v)
-    z = min(a, _TAIL_CUTOFF) * _SQRT1_2
-    u = z * z  # exp(-u) = 2^-k e^r, u = k ln2 - r, |r| <= ln2 / 2, k in [0, 22]
-    k = np.floor(u * _LOG2E + _HALF)
-    r = (k * _LN2_HI - u) + k * _LN2_LO
-    er = ((((((_E0 * r + _E1) * r + _E2) * r + _E3) * r + _E4) * r + _E5) * (r * r) + r) + _ONE
-    two_mk = _F32(np.int32(1) << (np.int32(24) - np.int32(k))) * _TWO_M24
-    t = _ONE / (_ONE + _AS_P * z)
-    q = _HALF * t * (_AS_A1 + t * (_AS_A2 + t * (_AS_A3 + t * (_AS_A4 + t * _AS_A5)))) * (er * two_mk)
+    t = min(a, _TAIL_CUTOFF)
+    q = _horner(t, _GELU_P) / _horner(t, _GELU_Q)
     if a > _TAIL_CUTOFF:
         q = _ZERO
-    return max(v, _ZERO) - min(a, _TAIL_CUTOFF) * q  # not a * q: inf * 0 would make gelu(inf) nan
+    return max(v, _ZERO) - t * q  # t, not a: inf * 0 would make gelu(inf) nan
 
 
 def _wide_vectors():

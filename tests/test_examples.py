@@ -1,6 +1,7 @@
 """The docs can't rot: every example script runs, the figures render, and what the docs state
 about the code (the `info` table, the weights crosswalk, the porting snippet) is checked here."""
 
+import ast
 import io
 import json
 import os
@@ -103,6 +104,19 @@ def test_make_figures(tmp_path):
         differ = np.abs(drawn.astype(int) - kept).max(axis=-1) > 0
         assert not differ.any(), (f"{name}: {differ.mean():.2%} of the pixels differ from the "
                                   "committed figure; rerun docs/make_figures.py and commit")
+
+
+def test_fit_gelu_gives_the_kernels_constants(tmp_path):
+    """The Numba GELU's rational function is the one docs/fit_gelu.py fits (to the solver's
+    tolerance: another HiGHS may stop a step at a slightly different point)."""
+    from convnext_np import kernels
+
+    out = run_script(DOCS / "fit_gelu.py", cwd=tmp_path)
+    fitted = dict(re.findall(r"^(_GELU_[PQ]) = (\(.*\))$", out, re.M))
+    for name in ("_GELU_P", "_GELU_Q"):
+        assert np.allclose(ast.literal_eval(fitted[name]), getattr(kernels, name), rtol=1e-3, atol=0), \
+            f"kernels.{name} is not what docs/fit_gelu.py fits: rerun it and paste its output"
+    assert float(re.search(r"float32 as the kernel evaluates it: (\S+)", out)[1]) < 3e-7
 
 
 def has_font(name):
