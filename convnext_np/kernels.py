@@ -219,8 +219,9 @@ def block(x, dwconv_w, dwconv_b, norm_w, norm_b, pwconv1_w, pwconv1_b, pwconv2_w
         return out
     m, threads, c4 = x.size // c, _threads(), w1.shape[1]
     if not _is_tall(m, threads):
+        a3, hid3, o3 = _scratch(1, m, c, c4, c)  # shared by the threads, each writing its own part
         _block_wide(x, dw_w, dw_b, ln_w, ln_b, _F32(eps), _panels(w1), b1, gw, gb, _panels(w2), b2, g,
-                    threads, out)
+                    threads, a3[0], hid3[0], o3[0], out)
     elif v2:
         n, hw = x.shape[0], x.shape[1] * x.shape[2]
         if n % threads == 0:  # whole images per thread
@@ -451,10 +452,11 @@ def _patch_layer(x, w, b, patch, pre=None, post=None):
     threads = _threads()
     tall = _is_tall(m, threads)
     tasks = _row_tasks(m, w.shape[0] + w.shape[1], threads) if tall else min(m, 4 * threads)
-    rows = -(-m // tasks) if tall else 0
-    a3, y3 = _scratch(threads, rows, w.shape[0], w.shape[1] if post is not None else 0)
+    # Tall: a tile per thread; otherwise one buffer of all the patches, which the threads share.
+    a3, y3 = _scratch(threads if tall else 1, -(-m // tasks) if tall else m, w.shape[0],
+                      w.shape[1] if post is not None else 0)
     _patch_linear(x, patch, pre_w, pre_b, _F32(pre_eps), _panels(w), b, post_w, post_b, _F32(post_eps),
-                  tall, tasks, a3, y3, out.reshape(m, w.shape[1]))
+                  threads, tall, tasks, a3, y3, out.reshape(m, w.shape[1]))
     return out
 
 
@@ -1155,7 +1157,7 @@ def _block_tall(x, dw_w, dw_b, ln_w, ln_b, eps, w1, b1, w2, b2, gamma, ntasks, a
 
 
 @njit(parallel=True, **_JIT)
-def _block_wide(x, dw_w, dw_b, ln_w, ln_b, eps, w1, b1, grn_w, grn_b, w2, b2, gamma, parts, out):
+def _block_wide(x, dw_w, dw_b, ln_w, ln_b, eps, w1, b1, grn_w, grn_b, w2, b2, gamma, parts, a, hid, o, out):
     """The block for few rows (late stages, small batches): GEMMs split by output columns.
 
     Three parallel phases: dwconv + LayerNorm by image rows; fc1 + bias + GELU by column blocks
@@ -1163,16 +1165,14 @@ def _block_wide(x, dw_w, dw_b, ln_w, ln_b, eps, w1, b1, grn_w, grn_b, w2, b2, ga
     its share of the weights, which dominate at these sizes. With a GRN (``grn_w`` not None,
     ConvNeXt V2; for None, Numba prunes the GRN branches), fc1 also sums the squares of its output per image and column (each thread owns
     its columns), and each fc2 task applies GRN to the rows it packs (its own copy: the fc1
-    output is small here, and no fourth phase is needed).
+    output is small here, and no fourth phase is needed). ``a``, ``hid`` and ``o`` (m x C, m x 4C,
+    m x C) are the phases' buffers, from :func:`_scratch`.
     """
     n, height, width, nc = x.shape
     hw = height * width
     m = n * hw
     c4 = b1.shape[0]  # w1, w2: panels (pack)
     x2, out2 = x.reshape(m, nc), out.reshape(m, nc)
-    a = np.empty((m, nc), np.float32)
-    hid = np.empty((m, c4), np.float32)
-    o = np.empty((m, nc), np.float32)
     if grn_w is not None:
         ssq = np.empty((n, c4), np.float32)
     rows = n * height
@@ -1290,8 +1290,8 @@ def _gather_patches(x, patch, p0, p1, pre_w, pre_b, eps, a, a0):
 
 
 @njit(parallel=True, **_JIT)
-def _patch_linear(x, patch, pre_w, pre_b, pre_eps, w, b, post_w, post_b, post_eps, tall, tasks, a3, y3,
-                  out2):
+def _patch_linear(x, patch, pre_w, pre_b, pre_eps, w, b, post_w, post_b, post_eps, threads, tall, tasks,
+                  a3, y3, out2):
     """out2 = [LN_post](patches([LN_pre](x)) @ w + b): ops.patchify, the stem (LN after) and the
     downsampling layers (LN before), without the patch matrix or the LayerNorm's output ever
     existing whole. Each LayerNorm is skipped when its weight is empty.
@@ -1301,7 +1301,6 @@ def _patch_linear(x, patch, pre_w, pre_b, pre_eps, w, b, post_w, post_b, post_ep
     """
     m, co, k = out2.shape[0], out2.shape[1], w.shape[1]  # w: panels (pack)
     post = post_w.shape[0] > 0
-    threads = a3.shape[0]
     if tall:
         per = tasks // threads
         for thread in prange(threads):
@@ -1315,8 +1314,8 @@ def _patch_linear(x, patch, pre_w, pre_b, pre_eps, w, b, post_w, post_b, post_ep
                 else:
                     _gemm(a, w, out2[r0:r1], 0, r1 - r0, 0, co, EPI_BIAS, b, b, y, y, 0, None, None, None, 1)
     else:
-        a = np.empty((m, k), np.float32)
-        y = np.empty((m, co), np.float32) if post else out2
+        a = a3[0]
+        y = y3[0] if post else out2
         for t in prange(tasks):
             _gather_patches(x, patch, t * m // tasks, (t + 1) * m // tasks, pre_w, pre_b, pre_eps, a,
                             t * m // tasks)
