@@ -79,7 +79,9 @@ _REASSOC = {"contract", "reassoc"}  # sums may be reordered, so the LayerNorm re
 
 # Work decomposition (docs/kernels.md has the measurements behind these numbers).
 TALL_MIN_ROWS = 256  # rows per thread below which a layer splits its output columns instead
-TILE_FLOATS = 1 << 20  # a row tile's widest scratch (tile rows x 4C) holds at most this many floats
+# A row tile's widest scratch (tile rows x 4C, the block's fc1 output) holds at most TILE_FLOATS
+# floats, 512 KiB, so that fc2 reads it back from the core's L2 (1 MiB on the machines measured).
+TILE_FLOATS = 1 << 17
 MIN_TILE_ROWS = 32
 CHUNK = 1 << 14  # elements per task of the purely elementwise kernels
 
