@@ -83,6 +83,9 @@ TALL_MIN_ROWS = 256  # rows per thread below which a layer splits its output col
 # floats, 512 KiB, so that fc2 reads it back from the core's L2 (1 MiB on the machines measured).
 TILE_FLOATS = 1 << 17
 MIN_TILE_ROWS = 32
+# ConvNeXt V2's blocks, when the batch is not a multiple of the threads, go a group of images at a
+# time whose fc1 output is about this many floats together (docs/kernels.md, "The ConvNeXt V2 block").
+GRN_GROUP_FLOATS = 1 << 20
 CHUNK = 1 << 14  # elements per task of the purely elementwise kernels
 
 
@@ -231,7 +234,7 @@ def block(x, dwconv_w, dwconv_b, norm_w, norm_b, pwconv1_w, pwconv1_b, pwconv2_w
             a3, hid3 = _scratch(threads, hw, c, c4)
             ssq3 = np.empty((1, n, c4), np.float32)
         else:  # groups of images whose fc1 output is about the size of V1's tiles together
-            group = min(n, max(1, threads * TILE_FLOATS // (hw * c4)))
+            group = min(n, max(1, threads * GRN_GROUP_FLOATS // (hw * c4)))
             tasks = _row_tasks(group * hw, c4, threads)
             a3, hid3 = _scratch(1, group * hw, c, c4)
             ssq3 = np.empty((tasks, n, c4), np.float32)
@@ -395,7 +398,8 @@ _local = threading.local()
 
 
 def _scratch(threads, rows, *widths):
-    """Per-thread tile buffers, (threads, rows, width) each, carved from one cached array.
+    """Tile buffers, (threads, rows, width) each (threads = 1: one buffer that the threads share),
+    carved from one cached array.
 
     Cached per calling (Python) thread and grown as needed, so that a forward pass does not
     allocate, and page-fault, megabytes of scratch per layer: at batch 8 the tiny's forward
@@ -704,6 +708,29 @@ def _tile_gemm_jit(a, ai, mv, k0, kc, panels, jp, nv, c, ci, accumulate):
     return impl
 
 
+def _next_task(counter):
+    """The next task of a parallel loop whose threads take tasks as they finish them:
+    ``counter[0]``, incremented. Compiled, the increment is one atomic fetch-and-add, so that any
+    number of threads may call it at once; each value is returned once."""
+    task = counter[0]
+    counter[0] += 1
+    return task
+
+
+@intrinsic
+def _fetch_add(typingctx, counter):
+    def codegen(context, builder, signature, args):
+        data = context.make_array(signature.args[0])(context, builder, args[0]).data
+        return builder.atomic_rmw("add", data, ir.Constant(ir.IntType(64), 1), "monotonic")
+
+    return types.int64(counter), codegen
+
+
+@overload(_next_task)
+def _next_task_jit(counter):
+    return lambda counter: _fetch_add(counter)
+
+
 # The epilogues of _gemm: what happens to each MC x NR block of outputs once its sums are final.
 EPI_BIAS, EPI_GELU, EPI_RESIDUAL = 0, 1, 2
 
@@ -837,7 +864,8 @@ def _wide_vectors_jit():
 
 # The loops below are written the way LLVM vectorises them: innermost over a 1-D slice from 0
 # (``h[r, c0:c1]``). The same loop over ``range(c0, c1)`` on 2-D indices compiled to scalar code:
-# 4.2 ns/element for bias + GELU against 0.31 (measured on the tiny's 256 x 384 tiles).
+# 4.2 ns/element for bias + GELU against 0.31 (measured on the tiny's 256 x 384 tiles, with the
+# GELU of the time: A&S 7.1.26 and an exp).
 
 @njit(fastmath=_CONTRACT, **_JIT)
 def _bias_gelu(h, r0, r1, c0, c1, b):
@@ -1141,21 +1169,24 @@ def _block_tall(x, dw_w, dw_b, ln_w, ln_b, eps, w1, b1, w2, b2, gamma, ntasks, a
 
     Fuses: dwconv + LayerNorm (one pass into the tile's fc1 input), fc1 GEMM, bias + GELU (in
     place, while the tile is in cache), fc2 GEMM, bias + layer scale + residual (one pass).
+    Each thread takes the next tile when it has finished one (:func:`_next_task`), so that a
+    thread slowed by other work on its core leaves its share to the others.
     """
     n, height, width, nc = x.shape
     m = n * height * width
     c4 = b1.shape[0]  # w1, w2: panels (pack)
     x2, out2 = x.reshape(m, nc), out.reshape(m, nc)
-    threads = a3.shape[0]
-    per = ntasks // threads
-    for thread in prange(threads):  # consecutive tiles per thread, each with its own scratch
+    counter = np.zeros(1, np.int64)
+    for thread in prange(a3.shape[0]):  # one iteration per thread, each with its own scratch
         a, hid, o = a3[thread], hid3[thread], o3[thread]
-        for t in range(thread * per, (thread + 1) * per):
+        t = _next_task(counter)
+        while t < ntasks:
             r0, r1 = t * m // ntasks, (t + 1) * m // ntasks
             mt = r1 - r0
             _dwconv_span(x, r0, r1, dw_w, dw_b, ln_w, ln_b, eps, a, 0)
             _gemm(a, w1, hid, 0, mt, 0, c4, EPI_GELU, b1, gamma, x2, out2, 0, None, None, None, 1)
             _gemm(hid, w2, o, 0, mt, 0, nc, EPI_RESIDUAL, b2, gamma, x2, out2, r0, None, None, None, 1)
+            t = _next_task(counter)
 
 
 @njit(parallel=True, **_JIT)
@@ -1301,13 +1332,14 @@ def _patch_linear(x, patch, pre_w, pre_b, pre_eps, w, b, post_w, post_b, post_ep
     ``tall``: tiles of output pixels, each gathered, multiplied and finished in one thread.
     Otherwise (few pixels) all patches are gathered first, and the GEMM splits its columns.
     """
-    m, co, k = out2.shape[0], out2.shape[1], w.shape[1]  # w: panels (pack)
+    m, co = out2.shape
     post = post_w.shape[0] > 0
-    if tall:
-        per = tasks // threads
+    if tall:  # each thread takes the next tile when it has finished one, as in _block_tall
+        counter = np.zeros(1, np.int64)
         for thread in prange(threads):
             a, y = a3[thread], y3[thread]
-            for t in range(thread * per, (thread + 1) * per):
+            t = _next_task(counter)
+            while t < tasks:
                 r0, r1 = t * m // tasks, (t + 1) * m // tasks
                 _gather_patches(x, patch, r0, r1, pre_w, pre_b, pre_eps, a, 0)
                 if post:  # bias, then LayerNorm from the tile into the output
@@ -1315,6 +1347,7 @@ def _patch_linear(x, patch, pre_w, pre_b, pre_eps, w, b, post_w, post_b, post_ep
                     _layer_norm_rows(y, 0, r1 - r0, post_w, post_b, post_eps, out2[r0:r1])
                 else:
                     _gemm(a, w, out2[r0:r1], 0, r1 - r0, 0, co, EPI_BIAS, b, b, y, y, 0, None, None, None, 1)
+                t = _next_task(counter)
     else:
         a = a3[0]
         y = y3[0] if post else out2

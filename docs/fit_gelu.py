@@ -7,8 +7,8 @@ GELU(x) = x Phi(x) = max(x, 0) - |x| Q(|x|), where Q(a) = erfc(a / sqrt 2) / 2 (
 
     R(a) = (p0 + p1 a + ... + p5 a^5) / (1 + q1 a + ... + q9 a^9),
 
-which needs neither the exponential nor the branch that a formula through exp(-a^2 / 2) does,
-so that it is a short run of FMAs and one division per vector of elements.
+which needs no exponential (a formula through exp(-a^2 / 2) does), so that it is a short run of
+FMAs and one division per vector of elements. Past 5.5 the kernel takes |x| Q(|x|) as 0.
 
 The fit minimises GELU's own error, max |a (R(a) - Q(a))| (R's error weighted by |x|; below
 a = 0.35 the weight is held at 0.35 so that R stays close to Q near 0 too), over a dense grid
@@ -18,7 +18,8 @@ max |num(a) - Q(a) den(a)| / D(a) is linear in the coefficients of num and den a
 exactly as a linear program (scipy's HiGHS). The steps repeat; the best of them by the true
 error is kept.
 
-The float64 fit is then rounded to float32 and evaluated in float32, as the kernel does; both
+The float64 fit is then rounded to float32 and evaluated in float32 as the kernel's formula
+is, but without the FMAs the compiled kernel contracts it into (so slightly less exactly); both
 errors are printed. Deterministic: the same coefficients on every run.
 """
 
@@ -55,9 +56,13 @@ def fit():
         lp = linprog(np.r_[np.zeros(n), 1.0],
                      A_ub=np.vstack([np.hstack([rows, -one]), np.hstack([-rows, -one])]),
                      b_ub=np.r_[rhs, -rhs], bounds=[(None, None)] * n + [(0, None)], method="highs")
+        if lp.status != 0:
+            raise RuntimeError(f"the linear program failed: {lp.message}")
         p, q = lp.x[:NUM + 1], np.r_[1.0, lp.x[NUM + 1:n]]
         den = np.polyval(q[::-1], a)
         if (den <= 0).any():  # a pole in the interval: stop at the best step so far
+            if best is None:
+                raise RuntimeError("the first step's denominator has a zero in [0, CUTOFF]")
             break
         err = np.abs(weight * (np.polyval(p[::-1], a) / den - target)).max()
         if err < best_err:
@@ -66,7 +71,7 @@ def fit():
 
 
 def gelu32(x, p, q):
-    """GELU in float32 as kernels._gelu1 evaluates it (Horner's rule, one division)."""
+    """GELU in float32 by kernels._gelu1's formula (Horner's rule, one division), without FMAs."""
     a = np.abs(x)
     t = np.minimum(a, np.float32(CUTOFF))
     num, den = np.float32(0), np.float32(0)
@@ -88,8 +93,8 @@ def main():
     err32 = np.abs(gelu32(x, p32, q32) - exact).max()
     print(f"_GELU_P = {tuple(float(v) for v in p32)!r}")
     print(f"_GELU_Q = {tuple(float(v) for v in q32)!r}")
-    print(f"max |a (R(a) - Q(a))| in float64: {err64:.3g}")
-    print(f"max |GELU - x Phi(x)| on [-9, 9], float32 as the kernel evaluates it: {err32:.3g}")
+    print(f"max |max(a, 0.35) (R(a) - Q(a))| in float64: {err64:.3g}")
+    print(f"max |GELU - x Phi(x)| on [-9, 9], float32 without FMAs: {err32:.3g}")
 
 
 if __name__ == "__main__":

@@ -107,16 +107,23 @@ def test_make_figures(tmp_path):
 
 
 def test_fit_gelu_gives_the_kernels_constants(tmp_path):
-    """The Numba GELU's rational function is the one docs/fit_gelu.py fits (to the solver's
-    tolerance: another HiGHS may stop a step at a slightly different point)."""
+    """The Numba GELU's rational function is the one docs/fit_gelu.py fits: compared as
+    functions on [0, 5.5], within twice the fit's own weighted error (7e-8), so that another
+    HiGHS stopping a step at a slightly different point does not matter; and the fit is good."""
     from convnext_np import kernels
 
     out = run_script(DOCS / "fit_gelu.py", cwd=tmp_path)
     fitted = dict(re.findall(r"^(_GELU_[PQ]) = (\(.*\))$", out, re.M))
-    for name in ("_GELU_P", "_GELU_Q"):
-        assert np.allclose(ast.literal_eval(fitted[name]), getattr(kernels, name), rtol=1e-3, atol=0), \
-            f"kernels.{name} is not what docs/fit_gelu.py fits: rerun it and paste its output"
-    assert float(re.search(r"float32 as the kernel evaluates it: (\S+)", out)[1]) < 3e-7
+    a = np.linspace(0.0, 5.5, 10001)
+
+    def tail(p, q):
+        return np.polyval(np.array(p, np.float64)[::-1], a) / np.polyval(np.array(q, np.float64)[::-1], a)
+
+    theirs = tail(ast.literal_eval(fitted["_GELU_P"]), ast.literal_eval(fitted["_GELU_Q"]))
+    ours = tail(kernels._GELU_P, kernels._GELU_Q)
+    assert (np.maximum(a, 0.35) * np.abs(theirs - ours)).max() < 1.5e-7, \
+        "kernels._GELU_P/_GELU_Q are not what docs/fit_gelu.py fits: rerun it and paste its output"
+    assert float(re.search(r"float32 without FMAs: (\S+)", out)[1]) < 3.2e-7
 
 
 def has_font(name):
