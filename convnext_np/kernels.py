@@ -233,7 +233,7 @@ def block(x, dwconv_w, dwconv_b, norm_w, norm_b, pwconv1_w, pwconv1_b, pwconv2_w
             group, tasks = 0, threads
             a3, hid3 = _scratch(threads, hw, c, c4)
             ssq3 = np.empty((1, n, c4), np.float32)
-        else:  # groups of images whose fc1 output is about the size of V1's tiles together
+        else:  # groups of images whose fc1 output is about GRN_GROUP_FLOATS together, in V1's tiles
             group = min(n, max(1, threads * GRN_GROUP_FLOATS // (hw * c4)))
             tasks = _row_tasks(group * hw, c4, threads)
             a3, hid3 = _scratch(1, group * hw, c, c4)
@@ -719,6 +719,8 @@ def _next_task(counter):
 
 @intrinsic
 def _fetch_add(typingctx, counter):
+    if not (isinstance(counter, types.Array) and counter.dtype == types.int64):
+        return None  # Numba then reports that no version of _fetch_add takes this argument
     def codegen(context, builder, signature, args):
         data = context.make_array(signature.args[0])(context, builder, args[0]).data
         return builder.atomic_rmw("add", data, ir.Constant(ir.IntType(64), 1), "monotonic")

@@ -295,17 +295,18 @@ def test_next_task_hands_out_each_task_once():
     """The threads of a parallel loop take tasks from one counter (kernels._next_task, an atomic
     fetch-and-add compiled): every task is taken exactly once, however the threads interleave."""
     @numba.njit(parallel=True)
-    def take_all(taken, threads):
+    def take_all(taken, mine):
         counter = np.zeros(1, np.int64)
-        for _ in numba.prange(threads):
+        for i in numba.prange(mine.size):
             t = kernels._next_task(counter)
             while t < taken.size:
                 taken[t] += 1
+                mine[i] += 1  # each iteration its own count: no update of it can be lost
                 t = kernels._next_task(counter)
 
-    taken = np.zeros(200_000, np.int64)
-    take_all(taken, max(2, numba.get_num_threads()))
-    assert (taken == 1).all()
+    taken, mine = np.zeros(200_000, np.int64), np.zeros(max(2, numba.get_num_threads()), np.int64)
+    take_all(taken, mine)
+    assert mine.sum() == taken.size and (taken == 1).all()
 
 
 ALL_PLANS = [plan for lanes in (16, 8, 4) for plan in kernels.candidate_plans(lanes)]
