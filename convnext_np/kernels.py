@@ -802,8 +802,8 @@ def _gemm(a, b, c, r0, r1, j0, j1, epilogue, bias, gamma, x2, out2, x_row0, ssq,
 # GELU(x) = x Phi(x) = max(x, 0) - |x| Q(|x|), Q(a) = P(Z > a) = erfc(a / sqrt 2) / 2, as in
 # ops.gelu. ops.gelu takes erfc from Abramowitz & Stegun 7.1.26, an exponential and a division;
 # here Q is one rational function on [0, 5.5], R(a) = (p0 + ... + p5 a^5) / (1 + q1 a + ... + q9 a^9),
-# fitted by docs/fit_gelu.py to GELU's own error |x| |R - Q|: fifteen FMAs and one division per
-# vector and no exponential, so the fc1 epilogue costs 0.19 ns per element instead of 0.34
+# fitted by docs/fit_gelu.py to GELU's own error |x| |R - Q|: 14 FMAs and one division per vector
+# for R and no exponential, so the fc1 epilogue costs 0.19 ns per element instead of 0.34
 # (docs/kernels.md, "GELU"). Past |x| = 5.5, |x| Q(|x|) < 1.1e-7 and is taken as 0. Within 3e-7
 # of float64 x Phi(x), as accurate as the A&S form was here (3.3e-7): what is left is float32's
 # rounding of the result.
