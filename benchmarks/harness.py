@@ -432,17 +432,31 @@ def machine() -> dict:
         facts["LLVM target"] = f"{ll.get_host_cpu_name()} (LLVM {'.'.join(map(str, ll.llvm_version_info))})"
     except Exception:  # noqa: BLE001
         pass
-    try:
+    source = plan_source()
+    if source is not None:
         from convnext_np import kernels
 
-        how = ("chosen on this machine by python -m convnext_np.warmup"
-               if kernels.recorded_plan() == kernels.PLAN else "the default: none chosen here yet")
         p = kernels.PLAN
         facts["numba GEMM plan"] = (f"{p.mr} x {p.nr} micro-kernel, {p.lanes} lanes, MC {p.mc}, "
-                                    f"KC {p.kc} ({how})")
-    except Exception:  # noqa: BLE001 (no Numba)
-        pass
+                                    f"KC {p.kc} ({PLAN_SOURCES[source]})")
     return facts
+
+
+PLAN_SOURCES = {"chosen": "chosen on this machine by python -m convnext_np.warmup",
+                "environment": "set by CONVNEXT_NP_GEMM_PLAN",
+                "default": "the default: none chosen here yet"}
+
+
+def plan_source() -> str | None:
+    """Where the numba backend's GEMM plan comes from, a key of ``PLAN_SOURCES``; None where
+    Numba does not import."""
+    try:
+        from convnext_np import kernels
+    except Exception:  # noqa: BLE001 (no Numba)
+        return None
+    if os.environ.get(kernels.PLAN_ENV):
+        return "environment"
+    return "chosen" if kernels.recorded_plan() == kernels.PLAN else "default"
 
 
 if __name__ == "__main__":
