@@ -371,8 +371,8 @@ def main(argv=None):
                     help="with --report: skip the re-run without OPENBLAS_CORETYPE when the environment sets it")
     args = ap.parse_args(argv)
     if (args.report or "numba" in args.contenders) and harness.plan_source() == "default":
-        log("note: no GEMM plan has been chosen on this machine yet, so the numba backend runs the default "
-            "blocking; python -m convnext_np.warmup chooses one (a few minutes, once)")
+        log("note: no GEMM plan is chosen for this machine and this kernels.py yet, so the numba backend runs "
+            "the default blocking; python -m convnext_np.warmup chooses one (a few minutes, once)")
     if args.report:
         report(args.report, args)
         return

@@ -6,10 +6,13 @@
 its steps can each be written two ways that give the same values: |x| capped at 40 as
 ``np.abs`` then ``np.minimum`` or ``np.clip(x, -40, 40)`` then ``np.abs``, max(x, 0) as
 ``np.maximum(x, 0)`` or ``np.clip(x, 0, inf)``, and 1 / t as ``np.reciprocal(t)`` or
-``np.divide(1, t)``. This times both forms of each on one chunk of standard-normal values, written
-``out=`` into a preallocated buffer as ``ops.gelu`` does, and ``ops.gelu`` itself on the tiny's
-stage-1 fc1 output at batch 1 (3136 x 384). One thread (NumPy's ufuncs run in the calling thread);
-alternating rounds, best of 200 calls per round, medians of the rounds.
+``np.divide(1, t)``. This checks that both forms of each give the same values (as ``==`` compares
+them: ``np.clip`` keeps the sign of -0.0 where ``np.maximum`` gives +0.0) on one chunk of
+standard-normal values with nan, the infinities, the signed zeros and values past the cap in it,
+and times them on that chunk, written ``out=`` into a preallocated buffer as ``ops.gelu`` does;
+and ``ops.gelu`` itself on the tiny's stage-1 fc1 output at batch 1 (3136 x 384). One thread
+(NumPy's ufuncs run in the calling thread); alternating rounds, best of 200 calls per round (20
+for ``ops.gelu``), medians of the rounds.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
     rng = np.random.default_rng(0)
     x = rng.standard_normal(ops.GELU_CHUNK).astype(np.float32)
+    x[:9] = [np.nan, np.inf, -np.inf, 0.0, -0.0, 40, -40, 1e4, -1e4]
     t = np.abs(x) + 1
     out = np.empty_like(x)
     steps = {
@@ -54,7 +58,7 @@ def main(argv=None):
     }
     for step, forms in steps.items():
         first, second = (f().copy() for f in forms.values())
-        assert np.array_equal(first, second), step
+        assert np.array_equal(first, second, equal_nan=True), step
     fc1 = rng.standard_normal((3136, 384)).astype(np.float32)
     runs = {(step, form): [] for step, forms in steps.items() for form in forms}
     runs[("ops.gelu", "(3136, 384)")] = []

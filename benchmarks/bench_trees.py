@@ -4,9 +4,9 @@
     python benchmarks/bench_trees.py main . --rounds 7     # "." is the working tree as it is
     python benchmarks/bench_trees.py HEAD . --backend numpy
 
-For a change to the kernels (or, with ``--backend numpy``, to the NumPy ops): each revision is exported (``git archive``) into a directory of its
-own (its own Numba cache), and the tiny's forward pass runs in fresh processes from each in turn,
-alternating which goes first. Per process: two warm-up passes, then the median of --reps passes
+For a change to the kernels (or, with ``--backend numpy``, to the NumPy ops): each revision is
+exported (``git archive``) into a directory of its own (its own Numba cache), and the tiny's
+forward pass runs in fresh processes from each in turn, alternating which goes first. Per process: two warm-up passes, then the median of --reps passes
 at batch 1 and of a quarter as many at batch 8; reported: the medians over rounds, ms per image,
 and their ratio.
 """
@@ -58,7 +58,7 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--reps", type=int, default=20, help="forward passes per process at batch 1")
-    ap.add_argument("--backend", choices=("numba", "numpy"), default="numba")
+    ap.add_argument("--backend", choices=("numba", "numpy"), default="numba", help="the backend both revisions run")
     args = ap.parse_args(argv)
     print(f"{harness.machine()['cpu']}, {args.threads} threads, tiny @224, backend {args.backend!r}")
     with tempfile.TemporaryDirectory() as tmp:
@@ -67,8 +67,8 @@ def main(argv=None):
         for r in range(args.rounds):
             for rev in (args.revs if r % 2 else args.revs[::-1]):
                 env = harness.thread_env(args.threads, PYTHONPATH=str(trees[rev]))
-                out = subprocess.run([sys.executable, "-c", CHILD, str(trees[rev]), str(args.reps), args.backend], env=env,
-                                     cwd=trees[rev], check=True, capture_output=True, text=True)
+                out = subprocess.run([sys.executable, "-c", CHILD, str(trees[rev]), str(args.reps), args.backend],
+                                     env=env, cwd=trees[rev], check=True, capture_output=True, text=True)
                 runs[rev].append(json.loads(out.stdout.strip().splitlines()[-1]))
     med = {rev: {b: statistics.median(r[b] for r in rs) for b in ("1", "8")} for rev, rs in runs.items()}
     a, b = args.revs

@@ -452,7 +452,7 @@ def plan_source() -> str | None:
     Numba does not import."""
     try:
         from convnext_np import kernels
-    except Exception:  # noqa: BLE001 (no Numba)
+    except (ImportError, OSError):  # no Numba, or a broken llvmlite; a bad CONVNEXT_NP_GEMM_PLAN raises
         return None
     if os.environ.get(kernels.PLAN_ENV):
         return "environment"

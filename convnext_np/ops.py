@@ -74,7 +74,8 @@ def gelu(x):
 
     The cap and max(x, 0) are ``np.clip`` with both bounds, and 1 / t is ``np.divide``: the same
     values as ``np.minimum`` and ``np.maximum`` against a scalar and ``np.reciprocal``, which
-    NumPy 2.4 ran 2-3x slower per element on a Zen 5 (``benchmarks/bench_numpy_steps.py``).
+    NumPy 2.4 ran 1.7-3x slower per element on a Zen 5 (``benchmarks/bench_numpy_steps.py``);
+    ``np.clip`` keeps the sign of -0.0, so gelu(-0.0) is -0.0, as x Phi(x) is.
     """
     p = x.dtype.type(AS_P * 0.5**0.5)
     a1, a2, a3, a4, a5 = (x.dtype.type(0.5 * c) for c in AS_A)
