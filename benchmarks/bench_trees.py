@@ -6,9 +6,9 @@
 
 For a change to the kernels (or, with ``--backend numpy``, to the NumPy ops): each revision is
 exported (``git archive``) into a directory of its own (its own Numba cache), and the tiny's
-forward pass runs in fresh processes from each in turn, alternating which goes first. Per process: two warm-up passes, then the median of --reps passes
-at batch 1 and of a quarter as many at batch 8; reported: the medians over rounds, ms per image,
-and their ratio.
+forward pass runs in fresh processes from each in turn, alternating which goes first. Per process:
+two warm-up passes, then the median of --reps passes at batch 1 and of a quarter as many at batch
+8; reported: the medians over rounds, ms per image, and their ratio.
 """
 
 from __future__ import annotations
