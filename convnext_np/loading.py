@@ -23,7 +23,7 @@ from .errors import WeightsError
 from .files import WEIGHT_FILES, atomic_write, find_weights, read_state_dict
 from .guards import check_num_labels
 from .labels import imagenet_labels
-from .model import ConvNextOutput, check_pixel_values, run
+from .model import ConvNextOutput, check_pixel_values, concatenate, run
 from .preprocess import DINOV3_PREPROCESSING, ImageProcessor
 
 def _config_from_tensors(arch: dict, scheme: str, labels=None, norm_eps=None,
@@ -62,7 +62,8 @@ class ConvNeXt:
     Build one with :func:`from_pretrained`; ``params`` is the tree that
     :func:`convnext_np.weights.to_params` makes. It lives here, with the loader, because
     :meth:`save_pretrained` writes what :func:`load_local` reads. A call is the network's
-    :func:`convnext_np.model.run` on the model's backend and threads.
+    :func:`convnext_np.model.run` on the model's backend and threads; the numpy backend runs
+    the images of a batch in groups, one per thread (:mod:`convnext_np.threads`).
     """
 
     def __init__(self, config: ConvNextConfig, params: dict, *, backend: str = "auto",
@@ -99,9 +100,15 @@ class ConvNeXt:
         if backend == "numba" and not self._packed:
             ops.pack_weights(self.params)  # while Numba's set-up may still run (backends.prepare)
             self._packed = True
-        with threads.limit(backend, self.num_threads):
-            return run(self.params, self.config, x, ops=ops,
+        def forward(images):
+            return run(self.params, self.config, images, ops=ops,
                        out_features=self.out_features, output_hidden_states=output_hidden_states)
+
+        with threads.limit(backend, self.num_threads):
+            groups = threads.image_groups(len(x), self.num_threads) if backend == "numpy" else 1
+            if groups == 1:
+                return forward(x)
+            return concatenate(threads.over_images(forward, x, groups))
 
     def save_pretrained(self, directory) -> None:
         """Write the model in Hugging Face layout (see :func:`save_pretrained`)."""

@@ -14,7 +14,7 @@ network as transformers' classes present it: NCHW pixel values in, every output 
 from __future__ import annotations
 
 import types
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 
@@ -202,6 +202,23 @@ class ConvNextOutput:
     # DINOv3 ConvNeXt only: (N, 1 + h*w, C_last), transformers' DINOv3ConvNextModel
     # ``last_hidden_state`` (its ``pooler_output`` is token 0, which equals ``pooled``).
     sequence: np.ndarray | None = None
+
+
+def concatenate(outputs) -> ConvNextOutput:
+    """The outputs of :func:`run` on consecutive groups of one batch's images, as the batch's
+    output: every array joined along the batch axis (each map of a tuple on its own), and
+    ``last_hidden_state`` the last of ``hidden_states``, as :func:`run` returns it."""
+    def join(values):
+        if values[0] is None:
+            return None
+        if isinstance(values[0], tuple):
+            return tuple(np.concatenate(maps) for maps in zip(*values))
+        return np.concatenate(values)
+
+    joined = {f.name: join([getattr(o, f.name) for o in outputs]) for f in fields(ConvNextOutput)}
+    if joined["hidden_states"] is not None:
+        joined["last_hidden_state"] = joined["hidden_states"][-1]
+    return ConvNextOutput(**joined)
 
 
 def _nchw(x: np.ndarray) -> np.ndarray:

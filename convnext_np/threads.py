@@ -14,6 +14,14 @@
   concurrent callers cannot leave it changed. Without ``num_threads``, the BLAS follows its
   environment variables (``OPENBLAS_NUM_THREADS``, ``MKL_NUM_THREADS``, ``OMP_NUM_THREADS``),
   read when NumPy is imported.
+- numpy backend, a batch of several images: NumPy runs each elementwise op (GELU, LayerNorm, the
+  depthwise conv) on one core, whatever the BLAS's count. So a call on N >= 2 images with T >= 2
+  threads (``num_threads``, or the BLAS's count) runs min(N, T) groups of consecutive images at
+  once, each in its own Python thread with the BLAS on one thread (:func:`over_images`). NumPy
+  releases the GIL inside each ufunc, einsum and matrix product, so the groups' ops overlap.
+  Measured with ``benchmarks/bench_model.py``: see ``docs/performance.md``. A single image runs
+  as one group: halves of an image would need the depthwise conv's halo rows, and their ops
+  are too short for two threads to beat the GIL's hand-offs.
 
 threadpoolctl's own ``threadpool_limits`` sets and restores the count around one block, which is
 right for one caller; calls that overlap in several threads need the bookkeeping below, or the
@@ -26,6 +34,8 @@ import collections
 import contextlib
 import os
 import threading
+
+import numpy as np
 
 _BLAS = None  # threadpoolctl's controllers of the loaded BLAS libraries, made on first use
 _BLAS_LOCK = threading.Lock()
@@ -49,6 +59,51 @@ def blas_threads() -> int | None:
     where threadpoolctl finds no BLAS."""
     counts = [lib.num_threads for lib in _blas_libraries()]
     return min(counts) if counts else None
+
+
+def blas_default() -> int | None:
+    """The BLAS thread count as the environment or the user set it, not as a call with
+    ``num_threads`` running now has set it; None where threadpoolctl finds no BLAS."""
+    with _BLAS_LOCK:
+        counts = _BLAS_SAVED if _BLAS_ACTIVE else [lib.num_threads for lib in _blas_libraries()]
+    return min(counts) if counts else None
+
+
+def image_groups(n_images: int, num_threads: int | None) -> int:
+    """How many groups of images a numpy-backend call on ``n_images`` runs at once (see the
+    module docstring): one per thread, at most one per image."""
+    return max(1, min(n_images, num_threads or blas_default() or 1))
+
+
+def over_images(run, x, groups: int) -> list:
+    """``run`` on ``groups`` consecutive groups of the images of ``x`` (axis 0) at once, the first
+    in the calling thread and each other in a thread of its own, with the BLAS on one thread
+    meanwhile; the results in the order of the images. An exception in any group is raised here,
+    after every group has ended."""
+    parts = np.array_split(x, groups)
+    results, errors = [None] * groups, [None] * groups
+
+    def work(i):
+        try:
+            results[i] = run(parts[i])
+        except BaseException as e:  # noqa: BLE001 - raised in the calling thread below
+            errors[i] = e
+
+    _blas_enter(1)
+    try:
+        helpers = [threading.Thread(target=work, args=(i,), name=f"convnext_np-images-{i}", daemon=True)
+                   for i in range(1, groups)]
+        for helper in helpers:
+            helper.start()
+        work(0)
+        for helper in helpers:
+            helper.join()
+    finally:
+        _blas_exit(1)
+    for error in errors:
+        if error is not None:
+            raise error
+    return results
 
 
 def check(num_threads) -> int | None:

@@ -623,6 +623,76 @@ def test_overlapping_num_threads_calls_restore_blas_in_any_order(monkeypatch):
         blas.restore_original_limits()
 
 
+def test_numpy_backend_runs_a_batch_in_groups_one_thread_each(monkeypatch):
+    """Every output of a grouped call (DINOv3: the token sequence too; a backbone's maps) is the
+    whole batch's, in order, and equals the ungrouped call's; each group ran in its own thread
+    with the BLAS on one thread, and the count is restored afterwards."""
+    if threads.blas_threads() is None:
+        pytest.skip("threadpoolctl finds no BLAS here")
+    before = threads.blas_threads()
+    seen = probe_threads(monkeypatch, "numpy", threads.blas_threads)
+    path = FIXTURES.parent / "family" / "hf-dinov3"
+    grouped, whole = (cnp.from_pretrained(path, backend="numpy", num_threads=n, out_features=["stem", "stage4"])
+                      for n in (2, 1))
+    x = np.random.default_rng(0).standard_normal((3, 3, 64, 64)).astype(np.float32)
+    a = grouped(x, output_hidden_states=True)
+    in_groups = len(seen)  # global_avg_pool runs twice a group: the head, and the token sequence
+    assert in_groups == 4 and all(count == 1 for _, count in seen)
+    idents = {ident for ident, _ in seen}
+    assert len(idents) == 2 and threading.get_ident() in idents  # the caller's thread and one more
+    assert a.last_hidden_state is a.hidden_states[-1]  # as an ungrouped call returns it
+    b = whole(x, output_hidden_states=True)
+    assert {ident for ident, _ in seen[in_groups:]} == {threading.get_ident()}  # one group: the caller's thread
+    assert threads.blas_threads() == before
+    for name in ("logits", "pooled", "last_hidden_state", "sequence", "hidden_states", "feature_maps"):
+        ours, theirs = getattr(a, name), getattr(b, name)
+        if name == "logits" and theirs is None:
+            continue
+        assert ours is not None, name
+        for u, v in zip(*((o,) if isinstance(o, np.ndarray) else o for o in (ours, theirs)), strict=True):
+            assert u.shape == v.shape and u.shape[0] == 3
+            np.testing.assert_allclose(u, v, rtol=0, atol=1e-5, err_msg=name)
+
+
+def test_image_groups_follow_the_threads_not_a_running_calls_limit():
+    """One group per thread, at most one per image; without num_threads, the BLAS count the user
+    set, not the 1 that another call's groups have set meanwhile."""
+    if threads.blas_threads() is None:
+        pytest.skip("threadpoolctl finds no BLAS here")
+    with threadpoolctl.threadpool_limits(limits=3, user_api="blas"):
+        assert [threads.image_groups(n, None) for n in (1, 2, 8)] == [1, 2, 3]
+        assert threads.image_groups(8, 1) == 1 and threads.image_groups(8, 4) == 4
+        started, release = threading.Event(), threading.Event()
+        worker = threading.Thread(target=threads.over_images, args=(
+            lambda part: (started.set(), release.wait(30)), np.zeros(2), 2))
+        worker.start()
+        try:
+            assert started.wait(30) and threads.blas_threads() == 1
+            assert threads.image_groups(8, None) == 3
+        finally:
+            release.set()
+            worker.join(30)
+        assert threads.blas_threads() == 3
+
+
+def test_a_failing_group_raises_after_all_groups_end_and_restores_blas():
+    if threads.blas_threads() is None:
+        pytest.skip("threadpoolctl finds no BLAS here")
+    before, ended = threads.blas_threads(), []
+
+    def run(part):
+        if part[0] == 0:
+            raise ValueError("group 0 failed")
+        time.sleep(0.2)
+        ended.append(part[0])
+        return part
+
+    with pytest.raises(ValueError, match="group 0 failed"):
+        threads.over_images(run, np.arange(4), 2)
+    assert ended == [2] and threads.blas_threads() == before
+    assert [list(p) for p in threads.over_images(lambda part: part * 10, np.arange(5), 3)] == [[0, 10], [20, 30], [40]]
+
+
 def test_omp_num_threads_reaches_numba_in_every_calling_thread(monkeypatch):
     numba = pytest.importorskip("numba")
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
