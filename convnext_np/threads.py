@@ -66,8 +66,9 @@ def blas_default() -> int | None:
     """The BLAS thread count as the environment or the user set it, not as a call with
     ``num_threads`` running now has set it; None where threadpoolctl finds no BLAS."""
     with _BLAS_LOCK:
-        counts = _BLAS_SAVED if _BLAS_ACTIVE else [lib.num_threads for lib in _blas_libraries()]
-    return min(counts) if counts else None
+        if not _BLAS_ACTIVE:
+            return blas_threads()
+        return min(_BLAS_SAVED) if _BLAS_SAVED else None
 
 
 def image_groups(n_images: int, num_threads: int | None) -> int:
