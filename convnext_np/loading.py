@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from safetensors.numpy import save_file
 
-from . import backbone, backends, family, threads, weights
+from . import backbone, backends, family, heap, threads, weights
 from .config import MODEL_TYPES, STRUCTURE_DEFAULTS, V2_VARIANTS, VARIANTS, ConvNextConfig, read_json_object
 from .errors import WeightsError
 from .files import WEIGHT_FILES, atomic_write, find_weights, read_state_dict
@@ -97,6 +97,8 @@ class ConvNeXt:
 
         backend = warmup.serving(self.backend, self._backend_by_name)  # NumPy while Numba compiles
         ops = backends.get(backend)
+        if backend == "numpy":
+            heap.keep_freed_memory()  # once per process: its arrays' pages are reused, not faulted in anew
         if backend == "numba" and not self._packed:
             ops.pack_weights(self.params)  # while Numba's set-up may still run (backends.prepare)
             self._packed = True

@@ -21,7 +21,7 @@ DOCS = PACKAGE.parent / "docs" / "architecture.md"
 # Bottom to top. A new module goes in the lowest layer that has everything it imports.
 LAYERS = {
     "basics": ("errors", "version", "guards", "config", "progress"),
-    "network": ("ops", "kernels", "backends", "threads", "backbone", "model"),
+    "network": ("ops", "kernels", "backends", "threads", "heap", "backbone", "model"),
     "files": ("safetensors_file", "torch_pickle", "weights", "family", "checkpoints", "labels",
               "files", "preprocess", "testing"),
     "loading": ("loading", "hub", "warmup"),
