@@ -4,13 +4,15 @@ The numpy backend allocates a new array for most ops' outputs; for convnext-tiny
 those are 1.2 MiB (96 channels at 56 x 56) to 4.8 MiB (384 channels) in stage 1. glibc's malloc
 gives an allocation above its mmap threshold pages of its own from the kernel, and gives freed
 memory back to the kernel when more than its trim threshold is free at the top of the heap.
-Both thresholds start at 128 KiB; glibc raises them only as it sees large blocks freed, to the
-size of the largest (the mmap threshold, at most ``DEFAULT_MMAP_THRESHOLD_MAX``, 32 MiB on
+Both thresholds start at 128 KiB; glibc raises them only as it frees blocks it had mapped, to
+the size of the largest (the mmap threshold, at most ``DEFAULT_MMAP_THRESHOLD_MAX``, 32 MiB on
 64-bit) and twice that (the trim threshold) (glibc ``malloc/malloc.c``, ``__libc_free``). Below
 those maxima, arrays keep landing on fresh pages, which the kernel maps and zeroes on first
-touch: in one run of ``benchmarks/bench_model.py``'s tiny @224 on a 2-core AMD EPYC, 7,800 page
-faults (31 MiB) per forward pass at batch 1 and about 19,000 at batch 8; with the thresholds at
-those maxima, none at batch 1 and under 100 at batch 8 (``docs/performance.md`` has the times).
+touch. Measured on a 2-core AMD EPYC (tiny @224, 2 threads, the model of
+``benchmarks/bench_model.py``): 7,800 page faults per forward pass at batch 1, none with the
+thresholds at those maxima, and the pass 0.82-0.87 of the time (``benchmarks/bench_trees.py
+--backend numpy``, two runs); at batch 8, which runs in two groups of images (``threads.py``),
+5,000-8,000 against 19,000, in the same time within the runs' noise.
 
 :func:`keep_freed_memory` sets both thresholds to those maxima, where glibc's own rule ends
 after it has freed one 32 MiB block. What it costs: up to 64 MiB of freed memory stays with the
@@ -18,8 +20,8 @@ process instead of going back to the kernel, and arrays of up to 32 MiB come fro
 It does nothing where the C library is not glibc, nor where the environment sets when glibc's
 malloc maps and trims (``MALLOC_MMAP_THRESHOLD_``, ``MALLOC_TRIM_THRESHOLD_``,
 ``MALLOC_TOP_PAD_``, ``MALLOC_MMAP_MAX_``, or the same as ``glibc.malloc`` tunables in
-``GLIBC_TUNABLES``): the user's choice stands. Under jemalloc or tcmalloc (``LD_PRELOAD``), glibc's malloc serves
-nothing, and setting its thresholds changes nothing.
+``GLIBC_TUNABLES``): the user's choice stands. Under jemalloc or tcmalloc (``LD_PRELOAD``),
+glibc's malloc serves nothing, and setting its thresholds changes nothing.
 """
 
 from __future__ import annotations
