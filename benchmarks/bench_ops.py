@@ -6,7 +6,8 @@
 Part 1 times every call the forward pass makes (stem, downsampling, blocks, head, and the ops
 inside them; for ``numpy`` the block's residual and layer scale are its time outside the ops) and
 reports the median per forward pass over --reps passes. "glue" is the rest of ``model(x)``: the
-input check and the NCHW <-> NHWC transposes.
+input check, the NCHW <-> NHWC transposes and, for a batch run in groups (below), the wait for
+the other groups.
 
 Part 2 (numba) takes the first block of each stage, with its real weights and input, and times
 the fused kernel against the same work as separate Numba kernels, against its two GEMMs alone
@@ -16,7 +17,7 @@ saves, and what stands between the block and the GEMM floor.
 For ``numpy`` at a batch of several images the model runs one group of images per thread at
 once (``threads.over_images``); Part 1 then times the ops of the calling thread's group only, per
 image of the whole batch: the other groups run the same ops alongside, so that is each op's share
-of the wall time. Their wait for the other groups is in "glue".
+of the wall time.
 
 Each configuration runs in a fresh process with the thread count in its environment.
 """
@@ -55,10 +56,11 @@ def per_op(backend: str, d: Path, size: int, batch: int, reps: int) -> dict:
     net(x)  # before the ops are wrapped: a cold Numba cache compiles here, on small warm-up models
     acc = defaultdict(float)
     where, in_op = ["glue"], [False]
+    caller = threading.current_thread()
 
     def part(label_of, f):
         def wrapped(*args, **kwargs):
-            if threading.current_thread() is not threading.main_thread():  # another group's
+            if threading.current_thread() is not caller:  # another group's
                 return f(*args, **kwargs)
             label = label_of(args[0])
             outer, where[0] = where[0], label
@@ -72,7 +74,7 @@ def per_op(backend: str, d: Path, size: int, batch: int, reps: int) -> dict:
 
     def leaf(name, f):
         def wrapped(*args, **kwargs):
-            if in_op[0] or threading.current_thread() is not threading.main_thread():
+            if in_op[0] or threading.current_thread() is not caller:
                 # an op that calls another (patchify calls linear) is counted once; another
                 # group's ops are not counted (the module docstring)
                 return f(*args, **kwargs)
